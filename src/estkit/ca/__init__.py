@@ -1,0 +1,1 @@
+"""The certificate authority: policy and signing, no HTTP and no SQL."""

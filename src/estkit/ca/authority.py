@@ -1,0 +1,238 @@
+"""The certificate authority: one method per EST operation, each citing its RFC section.
+
+No HTTP and no SQL here: the server calls these methods (from a worker thread,
+they block on the store), and the store is reached through ``estkit.ca.ports``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from estkit.ca.identity import Identity, IdentityKind, RequestContext
+from estkit.ca.passwords import VerifyCache
+from estkit.ca.policy import DEFAULT_POLICIES, EnrollRequest, RequestPolicy, check_result, shape_certificate
+from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, Store, StoreError
+from estkit.ca.profile import Profile
+from estkit.ca.signer import Signer
+from estkit.errors import EstError, Forbidden, InternalError, NotFound, Unauthorized
+from estkit.protocol import constants as c
+from estkit.protocol.csr import CsrInfo, general_names_text, load_csr
+from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
+from estkit.protocol.keys import key_type_of
+from estkit.protocol.pkcs7 import certs_only
+
+__all__ = ["IssuingCA", "CertificateAuthority"]
+
+log = logging.getLogger("estkit.ca")
+
+
+@dataclass(frozen=True)
+class IssuingCA:
+    """A CA certificate with its signer and the chain up to its root
+    (``chain`` excludes ``cert``; empty when ``cert`` is the root)."""
+
+    name: str
+    cert: x509.Certificate
+    signer: Signer
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        """This CA and every certificate up to and including the root."""
+        return (self.cert, *self.chain)
+
+
+class CertificateAuthority:
+    """Issues certificates for EST labels under a fixed policy sequence."""
+
+    def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
+                 default_label: str, policies: Sequence[RequestPolicy] = DEFAULT_POLICIES,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        for p in profiles.values():
+            if p.ca not in cas:
+                raise ValueError(f"label {p.label!r} names unknown CA {p.ca!r}")
+        if default_label not in profiles:
+            raise ValueError(f"default label {default_label!r} is not configured")
+        self.cas = dict(cas)
+        self.profiles = dict(profiles)
+        self.store = store
+        self.default_label = default_label
+        self.policies = list(policies)
+        self.clock = clock
+        self._passwords = VerifyCache()
+        self._cacerts = {name: certs_only(ca.certificates) for name, ca in self.cas.items()}
+        self._ours = {ca_cert.subject.public_bytes(): ca_cert
+                      for ca in self.cas.values() for ca_cert in ca.certificates}
+
+    # -- lookups --------------------------------------------------------------
+
+    def profile(self, label: str | None) -> Profile:
+        """The profile of a label (None: the default); NotFound for an unknown label."""
+        p = self.profiles.get(label if label is not None else self.default_label)
+        if p is None:
+            raise NotFound(f"unknown CA label {label!r}")
+        return p
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        """Every CA certificate of ours (what TLS client authentication trusts)."""
+        seen: dict[bytes, x509.Certificate] = {}
+        for ca in self.cas.values():
+            for cert in ca.certificates:
+                seen[cert.public_bytes(Encoding.DER)] = cert
+        return list(seen.values())
+
+    # -- RFC 7030 §4.1 /cacerts -------------------------------------------------
+
+    def cacerts(self, label: str | None) -> bytes:
+        """RFC 7030 §4.1.3: certs-only DER with the issuing CA and every
+        certificate up to the root."""
+        return self._cacerts[self.profile(label).ca]
+
+    # -- RFC 7030 §4.5 /csrattrs ----------------------------------------------
+
+    def csrattrs(self, label: str | None) -> bytes | None:
+        """RFC 7030 §4.5.2 / RFC 9908: the key types the label allows (first
+        preferred) and, when linking is required, the challengePassword OID
+        (RFC 7030 §3.5).  None when there is nothing to say (the server answers 204)."""
+        p = self.profile(label)
+        entries: list[CsrAttribute] = []
+        if p.require_linking:
+            entries.append(CsrAttribute(c.OID_CHALLENGE_PASSWORD.dotted_string))
+        for kt in p.allowed_key_types:
+            attr = key_type_attribute(kt)
+            if attr is not None:
+                entries.append(attr)
+        return encode_csrattrs(entries) if entries else None
+
+    # -- RFC 7030 §4.2 enrollment ------------------------------------------------
+
+    def simpleenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
+        """RFC 7030 §4.2.1: a certificate for a PKCS#10 request."""
+        return self.enroll(c.OP_SIMPLEENROLL, label, csr_der, ctx)
+
+    def simplereenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
+        """RFC 7030 §4.2.2: renew (same key) or rekey (new key) the TLS client
+        certificate; subject and SAN must not change."""
+        return self.enroll(c.OP_SIMPLEREENROLL, label, csr_der, ctx, renew=True)
+
+    def enroll(self, operation: str, label: str | None, csr_der: bytes, ctx: RequestContext, *,
+               renew: bool = False, public_key: CertificatePublicKeyTypes | None = None,
+               csr: CsrInfo | None = None) -> x509.Certificate:
+        """Run the policy sequence, then shape, check, sign and record.
+
+        ``public_key`` overrides the CSR's key (server-side key generation,
+        RFC 7030 §4.4.1: the CSR's key and signature are then ignored)."""
+        profile = self.profile(label)
+        info = csr if csr is not None else load_csr(csr_der)
+        req = EnrollRequest(operation=operation, profile=profile, csr=info, ctx=ctx, now=self.clock(),
+                            renew=renew, ignore_csr_key=public_key is not None)
+        try:
+            for step in self.policies:
+                step(req)
+            return self._issue(req, public_key if public_key is not None else info.csr.public_key())
+        except EstError as exc:
+            if exc.status >= 400:
+                self._audit_quietly(AuditEvent(event="refused", identity=str(ctx.identity), peer=ctx.peer,
+                                               label=profile.label, csr_fingerprint=info.fingerprint,
+                                               detail=f"{operation}: {exc.status} {exc.reason}"))
+            raise
+
+    def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
+        ca = self.cas[req.profile.ca]
+        for _attempt in range(3):
+            serial = x509.random_serial_number()  # 159 random bits, positive
+            builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial)
+            cert = ca.signer.sign_certificate(builder)
+            check_result(cert, ca.cert)
+            record = IssuedCert(
+                serial=serial, ca=ca.name, label=req.profile.label, subject=cert.subject.rfc4514_string(),
+                sans=tuple(general_names_text(_san(cert))), not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc, requester=str(req.ctx.identity),
+                key_type=key_type_of(public_key), csr_fingerprint=req.csr.fingerprint,
+                der=cert.public_bytes(Encoding.DER))
+            event = AuditEvent(event="issued", identity=str(req.ctx.identity), peer=req.ctx.peer,
+                               label=req.profile.label, csr_fingerprint=req.csr.fingerprint, serial=serial,
+                               detail=req.operation)
+            try:
+                # Recorded before it is returned: no record, no certificate.
+                self.store.record_issued(record, event)
+                return cert
+            except Conflict:
+                log.warning("serial collision, drawing another")
+            except StoreError as exc:
+                log.error("cannot record issued certificate: %s", exc)
+                raise InternalError("the certificate could not be recorded; nothing was issued") from None
+        raise InternalError("could not draw a unique serial number")
+
+    def _audit_quietly(self, event: AuditEvent) -> None:
+        try:
+            self.store.audit(event)
+        except StoreError as exc:
+            log.error("cannot record audit event %s: %s", event.event, exc)
+
+    # -- authentication -----------------------------------------------------
+
+    def authenticate_user(self, name: str, password: str) -> Identity:
+        """HTTP Basic: the user's identity, or Unauthorized."""
+        user = self.store.get_user(name)
+        if user is None or user.disabled or not self._passwords.verify(name, password, user.password_hash):
+            raise Unauthorized("wrong user name or password")
+        if user.expires_at is not None and user.expires_at <= self.clock():
+            raise Unauthorized("credentials expired")
+        if user.one_time and user.used_at is not None:
+            raise Unauthorized("one-time enrollment code already used")
+        return Identity(IdentityKind.USER, name, policy=user.policy, one_time=user.one_time)
+
+    def identify_certificate(self, der: bytes) -> Identity:
+        """The identity of a TLS client certificate the handshake already verified.
+
+        One issued here must be in the store and not revoked; one from a
+        bootstrap trust anchor is a BOOTSTRAP identity (RFC 7030 §3.3.2)."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise Unauthorized("unreadable client certificate") from None
+        name = cert.subject.rfc4514_string()
+        issuer = self._ours.get(cert.issuer.public_bytes())
+        if issuer is not None and _issued_by(cert, issuer):
+            stored = self.store.get_certificate(cert.serial_number)
+            if stored is None or stored.der != der:
+                raise Forbidden("client certificate is not known to this CA")
+            if stored.revoked:
+                raise Forbidden("client certificate has been revoked")
+            if cert.not_valid_after_utc <= self.clock():
+                raise Forbidden("client certificate has expired")
+            return Identity(IdentityKind.CERT, name, certificate=cert, is_ra=_has_ra_eku(cert))
+        return Identity(IdentityKind.BOOTSTRAP, name, certificate=cert)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _has_ra_eku(cert: x509.Certificate) -> bool:
+    try:
+        return c.OID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+
+

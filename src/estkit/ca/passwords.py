@@ -1,0 +1,82 @@
+"""Password hashing for HTTP Basic identities: scrypt, salted, slow.
+
+The stored form is ``scrypt$N$r$p$salt$hash`` (base64 parts).  Verifying a
+scrypt hash costs tens of milliseconds by design; a server process remembers
+successful verifications for a short while (keyed by an HMAC under a
+per-process random key, never the password itself) so that a device sending
+the same credentials on every request costs one scrypt, not one per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+
+__all__ = ["hash_password", "verify_password", "generate_password", "VerifyCache"]
+
+_N, _R, _P = 2**14, 8, 1
+
+
+def hash_password(password: str) -> str:
+    """A new salted scrypt hash of ``password``."""
+    salt = os.urandom(16)
+    dk = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return "scrypt${}${}${}${}${}".format(_N, _R, _P, base64.b64encode(salt).decode(),
+                                          base64.b64encode(dk).decode())
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches the stored hash (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt_b64, dk_b64 = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        salt, want = base64.b64decode(salt_b64), base64.b64decode(dk_b64)
+        got = hashlib.scrypt(password.encode(), salt=salt, n=int(n), r=int(r), p=int(p),
+                             dklen=len(want), maxmem=256 * 1024 * 1024)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def generate_password(nbytes: int = 18) -> str:
+    """A random password, URL-safe, for demo users and one-time codes."""
+    return secrets.token_urlsafe(nbytes)
+
+
+class VerifyCache:
+    """Remembers (user, password, stored hash) triples that verified, for ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = 10000) -> None:
+        self._key = os.urandom(32)
+        self._ttl = ttl
+        self._max = max_entries
+        self._seen: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def _tag(self, name: str, password: str, stored: str) -> bytes:
+        msg = b"\0".join((name.encode(), password.encode(), stored.encode()))
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def verify(self, name: str, password: str, stored: str) -> bool:
+        """Like :func:`verify_password`, but remembers success for a while."""
+        tag = self._tag(name, password, stored)
+        now = time.monotonic()
+        with self._lock:
+            exp = self._seen.get(tag)
+            if exp is not None and exp > now:
+                return True
+        if not verify_password(password, stored):
+            return False
+        with self._lock:
+            if len(self._seen) >= self._max:
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+                if len(self._seen) >= self._max:
+                    self._seen.clear()
+            self._seen[tag] = now + self._ttl
+        return True

@@ -1,0 +1,193 @@
+"""Issuance as a fixed sequence of small policy steps.
+
+Each step looks at an :class:`EnrollRequest` and either returns or raises an
+``EstError``.  Validation steps run first, then the certificate is shaped,
+checked, signed and recorded (``estkit.ca.authority``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cryptography import x509
+
+from estkit.ca.identity import IdentityKind, RequestContext
+from estkit.ca.profile import Profile, eku_oid, key_usage_extension
+from estkit.errors import BadRequest, Forbidden, Unauthorized
+from estkit.protocol.csr import CsrInfo, general_names_text
+
+__all__ = ["EnrollRequest", "RequestPolicy", "CheckSignature", "CheckKeyType", "CheckLinking",
+           "CheckReenroll", "CheckSubjectPresent", "DEFAULT_POLICIES", "shape_certificate",
+           "check_result", "MIN_RSA_BITS", "linking_value"]
+
+MIN_RSA_BITS = 2048
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """One enrollment as the policy steps see it."""
+
+    operation: str          # simpleenroll | simplereenroll | serverkeygen | fullcmc
+    profile: Profile
+    csr: CsrInfo
+    ctx: RequestContext
+    now: datetime
+    renew: bool = False
+    # serverkeygen ignores the CSR's key and signature (RFC 7030 §4.4.1)
+    ignore_csr_key: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class RequestPolicy(Protocol):
+    """One step: raise an EstError to refuse the request."""
+
+    def __call__(self, req: EnrollRequest) -> None: ...
+
+
+def linking_value(tls_unique: bytes) -> bytes:
+    """RFC 7030 §3.5: the challengePassword is base64 of tls-unique."""
+    return base64.b64encode(tls_unique)
+
+
+class CheckSignature:
+    """RFC 7030 §3.4: the CSR's signature is the proof of possession."""
+
+    def __call__(self, req: EnrollRequest) -> None:
+        if not req.ignore_csr_key and not req.csr.signature_valid:
+            raise BadRequest("the CSR's signature does not verify (proof of possession failed)")
+
+
+class CheckKeyType:
+    """The key type must be one the label allows; RSA below 2048 bits never."""
+
+    def __call__(self, req: EnrollRequest) -> None:
+        if req.ignore_csr_key:
+            return
+        kt = req.csr.key_type
+        if kt.startswith("rsa:") and int(kt[4:]) < MIN_RSA_BITS:
+            raise BadRequest(f"RSA key of {kt[4:]} bits refused: at least {MIN_RSA_BITS} bits are required")
+        if kt not in req.profile.allowed_key_types:
+            raise BadRequest(f"key type {kt} is not allowed for this label "
+                             f"(allowed: {', '.join(req.profile.allowed_key_types)})")
+
+
+class CheckSubjectPresent:
+    """A certificate must name someone: a subject or a subjectAltName."""
+
+    def __call__(self, req: EnrollRequest) -> None:
+        if len(req.csr.subject) == 0 and (req.csr.san is None or not req.profile.honour_san):
+            raise BadRequest("the CSR has an empty subject and no subjectAltName")
+
+
+class CheckLinking:
+    """RFC 7030 §3.5 proof-of-possession linking.
+
+    tls-unique is defined only up to TLS 1.2 (RFC 9266 §1); on TLS 1.3 a linked
+    CSR cannot be checked, so it is refused with a reason that says to use
+    TLS 1.2, and a label that requires linking refuses every TLS 1.3 request.
+    """
+
+    def __call__(self, req: EnrollRequest) -> None:
+        cp = req.csr.challenge_password
+        ctx = req.ctx
+        if cp is None:
+            if req.profile.require_linking and not (req.profile.ra_waives_linking and _is_ra(ctx)):
+                raise BadRequest("proof-of-possession linking is required for this label: put "
+                                 "base64(tls-unique) of this TLS 1.2 session in the CSR's challengePassword")
+            return
+        if ctx.tls_version != "TLSv1.2" or not ctx.tls_unique:
+            raise BadRequest("proof-of-possession linking failed: tls-unique exists only in TLS 1.2; "
+                             "send the linked CSR over a TLS 1.2 connection")
+        if not hmac.compare_digest(cp.strip(), linking_value(ctx.tls_unique)):
+            raise BadRequest("proof-of-possession linking failed: the CSR's challengePassword is not "
+                             "base64(tls-unique) of this TLS session")
+
+
+def _is_ra(ctx: RequestContext) -> bool:
+    return ctx.client_cert is not None and ctx.client_cert.is_ra
+
+
+class CheckReenroll:
+    """RFC 7030 §4.2.2: re-enrollment is authenticated by the certificate being
+    renewed, and the subject and subjectAltName must not change."""
+
+    def __call__(self, req: EnrollRequest) -> None:
+        if not req.renew:
+            return
+        cc = req.ctx.client_cert
+        if cc is None or cc.certificate is None:
+            raise Unauthorized("simplereenroll needs the TLS client certificate being renewed")
+        if cc.kind != IdentityKind.CERT:
+            raise Forbidden("simplereenroll renews only certificates issued by this CA")
+        old = cc.certificate
+        if old.subject.public_bytes() != req.csr.subject.public_bytes():
+            raise BadRequest("RFC 7030 §4.2.2: the CSR's subject differs from the certificate being renewed "
+                             f"({req.csr.subject.rfc4514_string()!r} != {old.subject.rfc4514_string()!r})")
+        try:
+            old_san: x509.SubjectAlternativeName | None = old.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            old_san = None
+        if general_names_text(old_san) != general_names_text(req.csr.san):
+            raise BadRequest("RFC 7030 §4.2.2: the CSR's subjectAltName differs from the certificate "
+                             "being renewed")
+
+
+DEFAULT_POLICIES: tuple[RequestPolicy, ...] = (
+    CheckSignature(), CheckKeyType(), CheckSubjectPresent(), CheckLinking(), CheckReenroll(),
+)
+
+
+def shape_certificate(req: EnrollRequest, *, issuer: x509.Certificate, public_key: object, serial: int,
+                      validity: timedelta | None = None) -> x509.CertificateBuilder:
+    """The certificate the profile makes of this request (unsigned).
+
+    Only the subjectAltName is taken from the CSR's requested extensions;
+    basicConstraints is always CA:FALSE, whatever the CSR asks."""
+    p = req.profile
+    not_before = req.now - timedelta(minutes=5)  # tolerate clients whose clocks run a little behind
+    not_after = req.now + (validity if validity is not None else timedelta(days=p.validity_days))
+    if not_after > issuer.not_valid_after_utc:
+        not_after = issuer.not_valid_after_utc
+    b = (x509.CertificateBuilder()
+         .subject_name(req.csr.subject)
+         .issuer_name(issuer.subject)
+         .public_key(public_key)  # type: ignore[arg-type]
+         .serial_number(serial)
+         .not_valid_before(not_before)
+         .not_valid_after(not_after)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(key_usage_extension(p.key_usage), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+         )
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    except x509.ExtensionNotFound:
+        pass
+    if p.extended_key_usage:
+        b = b.add_extension(x509.ExtendedKeyUsage([eku_oid(e) for e in p.extended_key_usage]), critical=False)
+    san = req.csr.san
+    if p.honour_san and san is not None:
+        # RFC 5280 §4.2.1.6: critical when the subject is empty
+        b = b.add_extension(san, critical=len(req.csr.subject) == 0)
+    if p.crl_url:
+        b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(p.crl_url)], relative_name=None, reasons=None,
+            crl_issuer=None)]), critical=False)
+    return b
+
+
+def check_result(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    """Last look before a certificate leaves: never a CA, always inside the issuer's validity."""
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if bc.ca:
+        raise Forbidden("refusing to issue a CA certificate")
+    if cert.not_valid_after_utc <= cert.not_valid_before_utc:
+        raise BadRequest("the issuing CA's validity leaves no room for this certificate")
+    if cert.issuer != issuer.subject:
+        raise Forbidden("issuer mismatch")

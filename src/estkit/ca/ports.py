@@ -1,0 +1,195 @@
+"""What the CA needs from storage, declared here and implemented in ``estkit.store``.
+
+The CA never imports SQL: it talks to these protocols only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+__all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CertStore",
+           "UserStore", "AuditLog", "PendingStore", "Store", "StoreError", "Conflict"]
+
+
+class StoreError(Exception):
+    """The store failed to read or write: the caller must not go on as if it had."""
+
+
+class Conflict(StoreError):
+    """A write collided with an existing row (e.g. duplicate serial or user)."""
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """What is recorded for every issued certificate, before it is returned."""
+
+    serial: int
+    ca: str
+    label: str
+    subject: str
+    sans: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    requester: str
+    key_type: str
+    csr_fingerprint: str
+    der: bytes
+
+
+@dataclass(frozen=True)
+class StoredCert:
+    """A certificate as the store has it, with its revocation state."""
+
+    serial: int
+    ca: str
+    label: str
+    subject: str
+    sans: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    requester: str
+    der: bytes
+    issued_at: datetime
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """An HTTP Basic identity: a salted slow hash, never the password.
+
+    ``one_time`` users authenticate one successful enrollment (``used_at`` set
+    afterwards); ``policy`` is the identity's authorization rules as a JSON-able
+    mapping (see ``estkit.ca.authz``)."""
+
+    name: str
+    password_hash: str
+    created_at: datetime
+    one_time: bool = False
+    expires_at: datetime | None = None
+    used_at: datetime | None = None
+    disabled: bool = False
+    policy: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One recorded decision (issued, refused, pending, approved, rejected, revoked...)."""
+
+    event: str
+    identity: str
+    peer: str
+    label: str
+    csr_fingerprint: str | None = None
+    serial: int | None = None
+    detail: str = ""
+    at: datetime | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """An enrollment waiting for an operator (RFC 7030 §4.2.3)."""
+
+    id: int
+    identity: str
+    label: str
+    operation: str
+    csr_fingerprint: str
+    csr_der: bytes
+    status: str  # pending | approved | rejected | issued | expired
+    created_at: datetime
+    decided_at: datetime | None = None
+    reason: str = ""
+    serial: int | None = None
+
+
+class CertStore(Protocol):
+    """Issued certificates."""
+
+    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None) -> None:
+        """Write the certificate (and its audit event, in the same transaction)
+        durably; raise StoreError if that failed, Conflict on a duplicate serial."""
+
+    def get_certificate(self, serial: int) -> StoredCert | None:
+        """The certificate with this serial, or None."""
+
+    def serial_exists(self, serial: int) -> bool:
+        """True if a certificate with this serial was ever recorded."""
+
+    def revoke(self, serial: int, reason: str, at: datetime) -> StoredCert | None:
+        """Mark revoked (first revocation wins); None if there is no such serial."""
+
+    def list_revoked(self, ca: str) -> list[StoredCert]:
+        """Every revoked certificate of one CA (for its CRL)."""
+
+    def list_certificates(self, *, limit: int = 100, offset: int = 0) -> list[StoredCert]:
+        """Recently issued certificates, newest first."""
+
+    def count_certificates(self) -> int:
+        """How many certificates the store holds."""
+
+
+class UserStore(Protocol):
+    """HTTP Basic identities."""
+
+    def add_user(self, user: UserRecord) -> None:
+        """Add a user; Conflict if the name exists."""
+
+    def get_user(self, name: str) -> UserRecord | None:
+        """The user, or None."""
+
+    def list_users(self) -> list[UserRecord]:
+        """Every user, by name."""
+
+    def update_user(self, user: UserRecord) -> None:
+        """Replace a user's record."""
+
+    def remove_user(self, name: str) -> bool:
+        """Remove; False if there was no such user."""
+
+    def consume_one_time(self, name: str, at: datetime) -> bool:
+        """Atomically mark a one-time user used; False if it already was."""
+
+
+class AuditLog(Protocol):
+    """The decision record."""
+
+    def audit(self, event: AuditEvent) -> None:
+        """Append one event."""
+
+    def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
+                   label: str | None = None) -> list[AuditEvent]:
+        """Recent events, newest first, optionally filtered."""
+
+
+class PendingStore(Protocol):
+    """Requests held for manual approval."""
+
+    def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
+                    csr_der: bytes, at: datetime) -> PendingRequest:
+        """Store a new pending request, or return the existing one for the same
+        identity, label and CSR fingerprint."""
+
+    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
+        """The latest request for this identity, label and CSR."""
+
+    def get_pending(self, id: int) -> PendingRequest | None:
+        """By id."""
+
+    def list_pending(self, status: str | None = None) -> list[PendingRequest]:
+        """All, or those in one status."""
+
+    def decide_pending(self, id: int, status: str, reason: str, at: datetime,
+                       serial: int | None = None, expected: str | None = None) -> bool:
+        """Set a request's status (only if it is ``expected`` when given)."""
+
+
+class Store(CertStore, UserStore, AuditLog, PendingStore, Protocol):
+    """Everything the CA and the server need from storage."""

@@ -1,0 +1,90 @@
+"""Signers: what holds a CA key.  A key file today; a PKCS#11 token can
+implement the same protocol."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+
+__all__ = ["Signer", "KeySigner", "load_signer", "write_private_key", "hash_for"]
+
+
+class Signer(Protocol):
+    """Signs certificates and CRLs with a CA key it may never reveal."""
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        """The CA's public key."""
+
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """Sign a finished builder."""
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        """Sign a finished CRL builder."""
+
+
+def hash_for(key: CertificateIssuerPrivateKeyTypes | CertificateIssuerPublicKeyTypes) -> hashes.HashAlgorithm | None:
+    """The signature hash that matches a key's strength (None for EdDSA)."""
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey,
+                        ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return None
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        if key.curve.key_size >= 512:
+            return hashes.SHA512()
+        if key.curve.key_size >= 384:
+            return hashes.SHA384()
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= 7680:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+class KeySigner:
+    """A signer over an in-memory private key (loaded once from a file)."""
+
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
+        self._key = key
+        self._hash = hash_for(key)
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return self._key.public_key()
+
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+
+
+def load_signer(path: Path, passphrase: bytes | None = None) -> KeySigner:
+    """Load a PEM private key file (optionally encrypted) into a signer."""
+    data = path.read_bytes()
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc} (set the CA key passphrase)") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: cannot load private key: {exc}") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
+                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise ValueError(f"{path}: unsupported CA key type")
+    return KeySigner(key)
+
+
+def write_private_key(path: Path, key: CertificateIssuerPrivateKeyTypes,
+                      passphrase: bytes | None = None) -> None:
+    """Write a PEM private key with mode 0600 from the start (never briefly readable)."""
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)

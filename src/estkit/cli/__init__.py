@@ -1,0 +1,1 @@
+"""Command line: the only place that reads configuration and wires objects together."""

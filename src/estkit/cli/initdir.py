@@ -1,0 +1,135 @@
+"""``estkit init``: a new CA, a TLS server certificate and a config file in DIR."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from estkit.ca.create import ca_name, make_ca_certificate, make_tls_certificate
+from estkit.ca.ports import AuditEvent, IssuedCert
+from estkit.ca.signer import KeySigner, write_private_key
+from estkit.config import CONFIG_NAME
+from estkit.protocol.csr import csr_fingerprint, general_names_text
+from estkit.protocol.keys import generate_key, key_type_of
+from estkit.store import open_store
+
+__all__ = ["init_dir", "InitError"]
+
+
+class InitError(Exception):
+    """``estkit init`` cannot proceed (e.g. a CA already exists)."""
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+CONFIG_TEMPLATE = """\
+# estkit configuration (TOML).  Relative paths are relative to this directory.
+# Every key is documented in the README ("Configuration").
+
+[server]
+listen = "{listen}"
+tls_cert = "tls/server.pem"          # leaf first, then the chain
+tls_key = "tls/server.key"
+bootstrap_trust = []                 # PEM files of manufacturer (IDevID) CAs whose devices may enroll
+max_body_bytes = 65536
+workers = 0                          # 0: one worker process per core
+default_label = "default"            # the label served at /.well-known/est/<op>
+realm = "estkit"
+
+[store]
+url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db
+
+[cas.default]
+cert = "{ca_cert}"
+key = "{ca_key}"
+chain = [{chain}]
+key_passphrase_env = "{passphrase_env}"
+
+[labels.default]
+ca = "default"
+validity_days = 365
+key_usage = ["digital_signature"]
+extended_key_usage = ["clientAuth"]
+honour_san = true
+allowed_key_types = ["ec:P-256", "ec:P-384", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519"]
+require_linking = false
+"""
+
+
+def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
+             hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
+             passphrase_env: str = "", listen: str = "127.0.0.1:8443") -> list[Path]:
+    """Create everything ``estkit serve`` needs in ``directory``; refuses to
+    touch an existing CA.  Returns the files written."""
+    if (directory / "ca").exists() or (directory / CONFIG_NAME).exists():
+        raise InitError(f"{directory} already holds a CA; refusing to overwrite it")
+    passphrase = None
+    if passphrase_env:
+        value = os.environ.get(passphrase_env)
+        if not value:
+            raise InitError(f"environment variable {passphrase_env} (the CA key passphrase) is not set")
+        passphrase = value.encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    root_key = generate_key(key_type)
+    root_signer = KeySigner(root_key)
+    root = make_ca_certificate(ca_name(common_name), root_key.public_key(), root_signer,
+                               path_length=1 if intermediate else 0)
+    write_private_key(directory / "ca/root.key", root_key, passphrase)
+    _write(directory / "ca/root.pem", _pem(root))
+    written += [directory / "ca/root.key", directory / "ca/root.pem"]
+    issuer, issuer_signer = root, root_signer
+    ca_cert, ca_key, chain = "ca/root.pem", "ca/root.key", ""
+    if intermediate:
+        sub_key = generate_key(key_type)
+        sub = make_ca_certificate(ca_name(common_name.replace("Root", "Issuing")
+                                          if "Root" in common_name else common_name + " Issuing"),
+                                  sub_key.public_key(), root_signer, issuer=root, path_length=0)
+        write_private_key(directory / "ca/issuing.key", sub_key, passphrase)
+        _write(directory / "ca/issuing.pem", _pem(sub))
+        written += [directory / "ca/issuing.key", directory / "ca/issuing.pem"]
+        issuer, issuer_signer = sub, KeySigner(sub_key)
+        ca_cert, ca_key, chain = "ca/issuing.pem", "ca/issuing.key", '"ca/root.pem"'
+
+    names = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hostnames]))
+    tls_key = generate_key("ec:P-256")
+    tls_cert = make_tls_certificate(tls_key, issuer, issuer_signer, names)
+    write_private_key(directory / "tls/server.key", tls_key)
+    _write(directory / "tls/server.pem", _pem(tls_cert, *([issuer] if intermediate else [])))
+    _write(directory / "ca.pem", _pem(root))
+    written += [directory / "tls/server.key", directory / "tls/server.pem", directory / "ca.pem"]
+
+    _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(
+        listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env).encode())
+    written.append(directory / CONFIG_NAME)
+
+    # Every certificate this CA signs is recorded, the server's own included.
+    store = open_store(os.environ.get("ESTKIT_STORE_URL")
+                       or "sqlite:///" + str((directory / "estkit.db").resolve()))
+    san = tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    der = tls_cert.public_bytes(Encoding.DER)
+    store.record_issued(IssuedCert(
+        serial=tls_cert.serial_number, ca="default", label="-", subject=tls_cert.subject.rfc4514_string(),
+        sans=tuple(general_names_text(san)), not_before=tls_cert.not_valid_before_utc,
+        not_after=tls_cert.not_valid_after_utc, requester="estkit init", key_type=key_type_of(tls_key.public_key()),
+        csr_fingerprint=csr_fingerprint(der), der=der),
+        AuditEvent(event="issued", identity="estkit init", peer="-", label="-", serial=tls_cert.serial_number,
+                   detail="TLS server certificate", at=datetime.now(UTC)))
+    store.close()
+    written.append(directory / "estkit.db")
+    return written

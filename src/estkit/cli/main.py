@@ -1,0 +1,203 @@
+"""``estkit``: initialise a CA, manage users, serve EST."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from estkit.ca.passwords import generate_password, hash_password
+from estkit.ca.ports import Conflict, StoreError, UserRecord
+from estkit.config import Config, ConfigError, load_config, resolve_dir, split_listen
+from estkit.protocol.keys import check_key_type_name
+
+__all__ = ["main", "cli", "DirOption"]
+
+
+def _dir_option(f):  # type: ignore[no-untyped-def]
+    return click.option("--dir", "directory", default=None, metavar="DIR",
+                        help="Data directory (default: $ESTKIT_DIR, then ./estkit-data).")(f)
+
+
+DirOption = _dir_option
+
+
+def _config(directory: str | None) -> Config:
+    try:
+        return load_config(resolve_dir(directory))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@click.group()
+@click.version_option(package_name="estkit")
+def cli() -> None:
+    """estkit: an EST (RFC 7030) server and certificate authority."""
+
+
+@cli.command()
+@_dir_option
+@click.option("--key-type", default="ec:P-256", show_default=True,
+              help="CA key: ec:P-256, ec:P-384, rsa:2048, rsa:3072, rsa:4096 or ed25519.")
+@click.option("--intermediate", is_flag=True, help="Issue from an intermediate CA under the root.")
+@click.option("--hostname", "hostnames", multiple=True, help="Extra TLS server name (DNS or IP); repeatable.")
+@click.option("--ca-name", default="estkit Root CA", show_default=True, help="Root CA common name.")
+@click.option("--passphrase-env", default="", metavar="VAR",
+              help="Encrypt the CA key with the passphrase in environment variable VAR.")
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="Default listen address.")
+def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tuple[str, ...], ca_name: str,
+         passphrase_env: str, listen: str) -> None:
+    """Create a new CA, TLS certificate and config in DIR."""
+    from estkit.cli.initdir import InitError, init_dir
+    d = resolve_dir(directory)
+    try:
+        kt = check_key_type_name(key_type)
+        split_listen(listen, "--listen")
+        init_dir(d, key_type=kt, intermediate=intermediate, hostnames=hostnames, common_name=ca_name,
+                 passphrase_env=passphrase_env, listen=listen)
+    except (InitError, ValueError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Initialised {d}: CA certificate for clients to trust: {d / 'ca.pem'}")
+
+
+@cli.group()
+def user() -> None:
+    """Manage HTTP Basic users."""
+
+
+@user.command("add")
+@click.argument("name")
+@_dir_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--generate", is_flag=True, help="Generate a random password and print it.")
+def user_add(name: str, directory: str | None, password_stdin: bool, generate: bool) -> None:
+    """Add user NAME (password stored only as a salted scrypt hash)."""
+    if password_stdin == generate:
+        raise click.UsageError("give exactly one of --password-stdin or --generate")
+    if generate:
+        password = generate_password()
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise click.ClickException("empty password on standard input")
+    cfg = _config(directory)
+    from estkit.cli.wiring import build_store
+    store = build_store(cfg)
+    try:
+        store.add_user(UserRecord(name=name, password_hash=hash_password(password), created_at=datetime.now(UTC)))
+    except Conflict:
+        raise click.ClickException(f"user {name!r} already exists") from None
+    if generate:
+        click.echo(password)
+    else:
+        click.echo(f"added user {name}", err=True)
+
+
+@user.command("list")
+@_dir_option
+def user_list(directory: str | None) -> None:
+    """List users."""
+    from estkit.cli.wiring import build_store
+    for u in build_store(_config(directory)).list_users():
+        flags = [f for f, on in (("one-time", u.one_time), ("used", u.used_at is not None),
+                                 ("disabled", u.disabled)) if on]
+        click.echo(f"{u.name}\t{u.created_at:%Y-%m-%d}\t{','.join(flags) or '-'}")
+
+
+@user.command("remove")
+@click.argument("name")
+@_dir_option
+def user_remove(name: str, directory: str | None) -> None:
+    """Remove user NAME."""
+    from estkit.cli.wiring import build_store
+    if not build_store(_config(directory)).remove_user(name):
+        raise click.ClickException(f"no user {name!r}")
+    click.echo(f"removed user {name}", err=True)
+
+
+@cli.command()
+@_dir_option
+@click.option("--listen", default=None, help="HOST:PORT (default: server.listen of the config).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: config, 0 = cores).")
+@click.option("--verbose", is_flag=True)
+def serve(directory: str | None, listen: str | None, workers: int | None, verbose: bool) -> None:
+    """Serve EST over HTTPS until SIGTERM or SIGINT."""
+    _setup_logging(verbose)
+    cfg = _config(directory)
+    from estkit.cli.serving import run_server
+    try:
+        code = run_server(cfg, listen=listen, workers=workers)
+    except (ConfigError, StoreError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@cli.command()
+@_dir_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True)
+def quickstart(directory: str | None, listen: str) -> None:
+    """Initialise DIR on first run (CA, demo user), print how to enroll, and serve."""
+    from estkit.cli.initdir import init_dir
+    d = resolve_dir(directory)
+    pwfile = d / "demo-password"
+    if not (d / "config.toml").exists():
+        init_dir(d, listen=listen)
+        password = generate_password()
+        from estkit.cli.wiring import build_store
+        build_store(_config(str(d))).add_user(UserRecord(name="demo", password_hash=hash_password(password),
+                                                         created_at=datetime.now(UTC)))
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+    password = pwfile.read_text().strip() if pwfile.exists() else "(see your own users)"
+    host, port = split_listen(listen, "--listen")
+    url = f"https://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/.well-known/est"
+    ca = d / "ca.pem"
+    click.echo(f"""
+estkit is serving EST at {url}
+  trust anchor (give it to clients): {ca}
+  demo user: demo   password: {password}
+
+Enroll with curl and openssl:
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key \\
+      -subj /CN=device1 -outform DER | openssl base64 -A > device.b64
+  curl --cacert {ca} --user demo:{password} -H 'Content-Type: application/pkcs10' \\
+      --data-binary @device.b64 {url}/simpleenroll | openssl base64 -d -A \\
+      | openssl pkcs7 -inform DER -print_certs -out device.pem
+  openssl verify -CAfile {ca} device.pem
+
+Stop with Ctrl-C.
+""")
+    _setup_logging()
+    from estkit.cli.serving import run_server
+    sys.exit(run_server(_config(str(d)), listen=listen, workers=1))
+
+
+def _register_extensions() -> None:
+    """Subcommands that live in their own modules."""
+    import importlib
+    for mod in ("estkit.cli.admin", "estkit.cli.certs", "estkit.cli.policy_cmds"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue
+        m.register(cli)
+
+
+def main() -> None:
+    """Console entry point."""
+    _register_extensions()
+    cli(prog_name="estkit")
+
+

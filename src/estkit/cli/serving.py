@@ -1,0 +1,32 @@
+"""``estkit serve``: wire the config into a running server."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from estkit.cli.wiring import build_authority, build_server, build_store, load_pem_certs
+from estkit.config import Config, split_listen
+from estkit.server.run import bind, serve
+from estkit.server.tls import server_context
+
+__all__ = ["run_server"]
+
+log = logging.getLogger("estkit")
+
+
+def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None) -> int:
+    """Build everything once, bind, fork the workers and serve until stopped."""
+    store = build_store(cfg)
+    ca = build_authority(cfg, store)
+    server = build_server(cfg, ca)
+    trust = ca.trust_anchors() + [c for p in cfg.server.bootstrap_trust for c in load_pem_certs(cfg.path(p))]
+    ssl_ctx = server_context(cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key), trust)
+    host, port = split_listen(listen or cfg.server.listen, "--listen")
+    n = workers if workers is not None else cfg.server.workers
+    if n <= 0:
+        n = os.cpu_count() or 1
+    sock = bind(host, port)
+    store.close()  # workers open their own connections
+    log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
+    return serve(server.app, sock, ssl_ctx, workers=n)

@@ -1,0 +1,67 @@
+"""Build the CA, the store and the server from a validated configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography import x509
+
+from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.signer import load_signer
+from estkit.config import CaConfig, Config, ConfigError
+from estkit.server.app import EstServer
+from estkit.server.handlers import register_core
+from estkit.store import SqlStore, open_store
+
+__all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for"]
+
+
+def load_pem_certs(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file."""
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read certificates: {exc}") from None
+    return certs
+
+
+def passphrase_for(ca: CaConfig) -> bytes | None:
+    """The CA key's passphrase from the environment variable the config names."""
+    if not ca.key_passphrase_env:
+        return None
+    value = os.environ.get(ca.key_passphrase_env)
+    if value is None:
+        raise ConfigError(f"'cas.{ca.name}.key_passphrase_env': environment variable "
+                          f"{ca.key_passphrase_env} is not set")
+    return value.encode()
+
+
+def build_store(config: Config) -> SqlStore:
+    """The store named by the config, migrated to the newest schema."""
+    return open_store(config.store_url)
+
+
+def build_authority(config: Config, store: SqlStore | None = None) -> CertificateAuthority:
+    """The CA with every configured issuing CA and label."""
+    cas: dict[str, IssuingCA] = {}
+    for name, cc in config.cas.items():
+        certs = load_pem_certs(config.path(cc.cert))
+        chain = [c for p in cc.chain for c in load_pem_certs(config.path(p))]
+        try:
+            signer = load_signer(config.path(cc.key), passphrase_for(cc))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"'cas.{name}.key': {exc}") from None
+        if signer.public_key() != certs[0].public_key():
+            raise ConfigError(f"'cas.{name}': the key does not match the certificate {cc.cert}")
+        cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain))
+    return CertificateAuthority(cas, config.labels, store or build_store(config),
+                                default_label=config.server.default_label)
+
+
+def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
+    """The EST server with every operation this build offers."""
+    server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
+                       access_log=config.server.access_log)
+    register_core(server)
+    return server

@@ -1,0 +1,202 @@
+"""The configuration file (``DIR/config.toml``): load, validate, resolve paths.
+
+Every key is checked; an unknown key or a value of the wrong type is a
+:class:`ConfigError` naming the key.  Relative paths are relative to DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from estkit.ca.profile import EKU_NAMES, KEY_USAGE_NAMES, Profile
+from estkit.protocol.constants import OPERATIONS
+from estkit.protocol.keys import check_key_type_name
+
+__all__ = ["ConfigError", "ServerConfig", "CaConfig", "Config", "load_config", "resolve_dir", "CONFIG_NAME"]
+
+CONFIG_NAME = "config.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The ``[server]`` table."""
+
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str = "tls/server.pem"
+    tls_key: str = "tls/server.key"
+    bootstrap_trust: tuple[str, ...] = ()
+    max_body_bytes: int = 65536
+    workers: int = 0
+    default_label: str = "default"
+    realm: str = "estkit"
+    access_log: bool = True
+    crl_listen: str = ""
+    digest_auth: bool = False
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """One ``[cas.NAME]`` table: a CA certificate, its key and its chain to the root."""
+
+    name: str
+    cert: str
+    key: str
+    chain: tuple[str, ...] = ()
+    key_passphrase_env: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file, validated, with DIR."""
+
+    dir: Path
+    server: ServerConfig
+    store_url: str
+    cas: dict[str, CaConfig]
+    labels: dict[str, Profile]
+
+    def path(self, p: str) -> Path:
+        """A configured path, resolved against DIR."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.dir / q
+
+
+def resolve_dir(option: str | None) -> Path:
+    """``--dir``, else ``$ESTKIT_DIR``, else ``./estkit-data``."""
+    return Path(option or os.environ.get("ESTKIT_DIR") or "estkit-data")
+
+
+_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), int: (int,), bool: (bool,), "str|None": (str,),
+                                       "int|None": (int,)}
+
+
+def _check(section: str, raw: dict[str, Any], cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate a table against a dataclass's fields: names and types."""
+    spec = {f.name: f for f in fields(cls) if f.name not in skip}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in spec:
+            raise ConfigError(f"unknown key '{section}.{key}' (known: {', '.join(sorted(spec))})")
+        ftype = str(spec[key].type)
+        if ftype.startswith("tuple"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"'{section}.{key}' must be a list of strings")
+            value = tuple(value)
+        elif ftype in ("bool",):
+            if not isinstance(value, bool):
+                raise ConfigError(f"'{section}.{key}' must be true or false")
+        elif ftype.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"'{section}.{key}' must be an integer")
+        elif ftype.startswith("str"):
+            if not isinstance(value, str):
+                raise ConfigError(f"'{section}.{key}' must be a string")
+        out[key] = value
+    return out
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    v = doc.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"'{key}' must be a table")
+    return v
+
+
+def load_config(directory: Path) -> Config:
+    """Read and validate ``DIR/config.toml``."""
+    path = directory / CONFIG_NAME
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run 'estkit init --dir {directory}' first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for key in doc:
+        if key not in ("server", "store", "cas", "labels"):
+            raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels)")
+
+    server = ServerConfig(**_check("server", _table(doc, "server"), ServerConfig))
+    if server.max_body_bytes <= 0 or server.workers < 0:
+        raise ConfigError("'server.max_body_bytes' must be positive and 'server.workers' not negative")
+    _split_listen(server.listen, "server.listen")
+
+    store = _table(doc, "store")
+    for key in store:
+        if key != "url":
+            raise ConfigError(f"unknown key 'store.{key}' (known: url)")
+    url = os.environ.get("ESTKIT_STORE_URL") or store.get("url", "sqlite:///estkit.db")
+    if not isinstance(url, str):
+        raise ConfigError("'store.url' must be a string")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        url = "sqlite:///" + str((directory / url[len("sqlite:///"):]).resolve())
+
+    cas: dict[str, CaConfig] = {}
+    for name, raw in _table(doc, "cas").items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"'cas.{name}' must be a table")
+        vals = _check(f"cas.{name}", raw, CaConfig, skip=("name",))
+        for req in ("cert", "key"):
+            if req not in vals:
+                raise ConfigError(f"'cas.{name}.{req}' is required")
+        cas[name] = CaConfig(name=name, **vals)
+    if not cas:
+        raise ConfigError("no CA configured: add a [cas.NAME] table")
+
+    labels: dict[str, Profile] = {}
+    for name, raw in _table(doc, "labels").items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"'labels.{name}' must be a table")
+        labels[name] = _profile(name, raw, cas)
+    if not labels:
+        raise ConfigError("no label configured: add a [labels.NAME] table")
+    if server.default_label not in labels:
+        raise ConfigError(f"'server.default_label' names unknown label {server.default_label!r}")
+    return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels)
+
+
+def _profile(name: str, raw: dict[str, Any], cas: dict[str, CaConfig]) -> Profile:
+    sec = f"labels.{name}"
+    # RFC 7030 §3.2.2: a label must not be an operation name.
+    if name in OPERATIONS or not name or "/" in name:
+        raise ConfigError(f"'{sec}': a label may not be empty, contain '/' or be an operation name")
+    vals = _check(sec, raw, Profile, skip=("label",))
+    vals.setdefault("ca", next(iter(cas)))
+    if vals["ca"] not in cas:
+        raise ConfigError(f"'{sec}.ca' names unknown CA {vals['ca']!r}")
+    try:
+        if "allowed_key_types" in vals:
+            vals["allowed_key_types"] = tuple(check_key_type_name(k) for k in vals["allowed_key_types"])
+            if not vals["allowed_key_types"]:
+                raise ConfigError(f"'{sec}.allowed_key_types' may not be empty")
+        if vals.get("serverkeygen_key_type"):
+            vals["serverkeygen_key_type"] = check_key_type_name(vals["serverkeygen_key_type"])
+    except ValueError as exc:
+        raise ConfigError(f"'{sec}': {exc}") from None
+    for ku in vals.get("key_usage", ()):
+        if ku not in KEY_USAGE_NAMES:
+            raise ConfigError(f"'{sec}.key_usage': unknown {ku!r} (one of {', '.join(KEY_USAGE_NAMES)})")
+    for eku in vals.get("extended_key_usage", ()):
+        if eku not in EKU_NAMES and not all(p.isdigit() for p in eku.split(".")):
+            raise ConfigError(f"'{sec}.extended_key_usage': unknown {eku!r} (one of {', '.join(EKU_NAMES)} "
+                              "or a dotted OID)")
+    if vals.get("validity_days", 1) <= 0:
+        raise ConfigError(f"'{sec}.validity_days' must be positive")
+    return Profile(label=name, **vals)
+
+
+def _split_listen(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+        raise ConfigError(f"'{key}' must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+split_listen = _split_listen

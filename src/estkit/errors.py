@@ -1,0 +1,140 @@
+"""Errors that carry their HTTP status.
+
+The server turns an :class:`EstError` into its status and a one-line
+``text/plain`` reason; the client rebuilds the same type from a response
+(see :func:`error_for_status`).  Anything that is not an ``EstError`` is a bug
+and becomes a logged 500 with no detail.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EstError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "Pending",
+    "InternalError",
+    "ServiceUnavailable",
+    "error_for_status",
+]
+
+
+class EstError(Exception):
+    """Base of every error estkit reports to a peer.
+
+    ``status`` is the HTTP status, ``reason`` a one-line human-readable text
+    (RFC 8951 §5: error bodies are ``text/plain``), ``retry_after`` seconds
+    where the status wants a ``Retry-After`` header.
+    """
+
+    status: int = 500
+
+    def __init__(self, reason: str, *, retry_after: int | None = None, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = " ".join(reason.split()) or "error"
+        self.retry_after = retry_after
+        if status is not None:
+            self.status = status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.reason!r})"
+
+
+class BadRequest(EstError):
+    """400: the request's data is malformed or breaks a rule of the RFC."""
+
+    status = 400
+
+
+class Unauthorized(EstError):
+    """401: no credentials, or wrong ones.  ``challenges`` are the
+    ``WWW-Authenticate`` values the server sends with it; ``empty_body`` marks
+    the bare challenge to a request that sent no credentials (Bouncy Castle
+    fails on a 401 with a body, interop-notes)."""
+
+    status = 401
+
+    def __init__(self, reason: str, *, challenges: tuple[str, ...] = (), empty_body: bool = False) -> None:
+        super().__init__(reason)
+        self.challenges = challenges
+        self.empty_body = empty_body
+
+
+class Forbidden(EstError):
+    """403: authenticated, but not allowed to do this."""
+
+    status = 403
+
+
+class NotFound(EstError):
+    """404: unknown path, operation or CA label."""
+
+    status = 404
+
+
+class MethodNotAllowed(EstError):
+    """405: the operation exists but not with this HTTP method."""
+
+    status = 405
+
+    def __init__(self, reason: str, *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.allowed = allowed
+
+
+class PayloadTooLarge(EstError):
+    """413: the request body is over the configured limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(EstError):
+    """415: the request's Content-Type is not the one the operation takes."""
+
+    status = 415
+
+
+class Pending(EstError):
+    """202: accepted but not yet decided (RFC 7030 §4.2.3); the client
+    retries after ``retry_after`` seconds with the same request."""
+
+    status = 202
+
+    def __init__(self, reason: str, *, retry_after: int) -> None:
+        super().__init__(reason, retry_after=retry_after)
+
+
+class InternalError(EstError):
+    """500: the server failed (e.g. the store could not record a certificate)."""
+
+    status = 500
+
+
+class ServiceUnavailable(EstError):
+    """503: temporarily unable; may carry ``Retry-After``."""
+
+    status = 503
+
+
+_BY_STATUS: dict[int, type[EstError]] = {
+    cls.status: cls
+    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
+                PayloadTooLarge, UnsupportedMediaType, InternalError, ServiceUnavailable)
+}
+
+
+def error_for_status(status: int, reason: str, retry_after: int | None = None) -> EstError:
+    """Rebuild the error type for an HTTP status received from a server."""
+    if status == 202:
+        return Pending(reason, retry_after=retry_after if retry_after is not None else 0)
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        return EstError(reason, retry_after=retry_after, status=status)
+    if cls in (Unauthorized, MethodNotAllowed):
+        return cls(reason)
+    return cls(reason, retry_after=retry_after)

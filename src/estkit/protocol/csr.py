@@ -1,0 +1,132 @@
+"""PKCS#10 certification requests: load, check, build (RFC 2986, RFC 7030 §4.2)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from estkit.errors import BadRequest
+from estkit.protocol.constants import OID_CHALLENGE_PASSWORD
+from estkit.protocol.keys import key_type_of
+
+__all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_fingerprint"]
+
+
+@dataclass(frozen=True)
+class CsrInfo:
+    """A parsed PKCS#10 request and the facts policy looks at."""
+
+    csr: x509.CertificateSigningRequest
+    der: bytes
+    key_type: str
+    signature_valid: bool
+    challenge_password: bytes | None
+
+    @property
+    def subject(self) -> x509.Name:
+        return self.csr.subject
+
+    @property
+    def san(self) -> x509.SubjectAlternativeName | None:
+        try:
+            return self.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+
+    @property
+    def fingerprint(self) -> str:
+        return csr_fingerprint(self.der)
+
+
+def csr_fingerprint(der: bytes) -> str:
+    """SHA-256 of a request's DER, hex: how a request is named in logs and the store."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_csr(der: bytes) -> CsrInfo:
+    """Parse a DER PKCS#10 request.  The signature is checked and reported in
+    ``signature_valid`` (the caller decides: /serverkeygen ignores it, RFC 7030
+    §4.4.1).  Malformed input raises BadRequest."""
+    try:
+        csr = x509.load_der_x509_csr(der)
+        key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"not a PKCS#10 certification request: {_short(exc)}") from None
+    try:
+        valid = csr.is_signature_valid
+    except Exception:  # an unsupported algorithm is an invalid signature to us
+        valid = False
+    try:
+        extensions = csr.extensions  # noqa: F841 - parse now so bad extensions fail here
+        attr = csr.attributes.get_attribute_for_oid(OID_CHALLENGE_PASSWORD)
+        challenge: bytes | None = attr.value
+    except x509.AttributeNotFound:
+        challenge = None
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"malformed request attributes or extensions: {_short(exc)}") from None
+    return CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid,
+                   challenge_password=challenge)
+
+
+def build_csr(
+    key: CertificateIssuerPrivateKeyTypes,
+    *,
+    subject: x509.Name | None = None,
+    cn: str | None = None,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    challenge_password: str | None = None,
+    extra_attributes: Sequence[tuple[x509.ObjectIdentifier, bytes]] = (),
+) -> bytes:
+    """DER of a PKCS#10 request signed by ``key``.  ``challenge_password`` is
+    encoded as a PrintableString (RFC 7030 Appendix A.3)."""
+    name = subject if subject is not None else x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+    gns: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    gns += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if gns:
+        builder = builder.add_extension(x509.SubjectAlternativeName(gns), critical=False)
+    if challenge_password is not None:
+        builder = builder.add_attribute(OID_CHALLENGE_PASSWORD, challenge_password.encode(),
+                                        _tag=x509.name._ASN1Type.PrintableString)
+    for oid, value in extra_attributes:
+        builder = builder.add_attribute(oid, value)
+    algo = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
+    return builder.sign(key, algo).public_bytes(Encoding.DER)  # type: ignore[arg-type]
+
+
+def general_names_text(san: x509.SubjectAlternativeName | None) -> list[str]:
+    """SAN entries as ``DNS:x``, ``IP:x``, ``email:x``, ``URI:x`` strings, sorted."""
+    if san is None:
+        return []
+    out: list[str] = []
+    for gn in san:
+        if isinstance(gn, x509.DNSName):
+            out.append(f"DNS:{gn.value}")
+        elif isinstance(gn, x509.IPAddress):
+            out.append(f"IP:{gn.value}")
+        elif isinstance(gn, x509.RFC822Name):
+            out.append(f"email:{gn.value}")
+        elif isinstance(gn, x509.UniformResourceIdentifier):
+            out.append(f"URI:{gn.value}")
+        elif isinstance(gn, x509.DirectoryName):
+            out.append(f"dirName:{gn.value.rfc4514_string()}")
+        else:
+            out.append(f"other:{gn.value!r}")
+    return sorted(out)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+

@@ -1,0 +1,1 @@
+"""The EST HTTPS server (aiohttp): routes, TLS, authentication, wire rules."""

@@ -1,0 +1,155 @@
+"""Routes, dispatch and the error and access-log middleware.
+
+Every operation is reachable as ``/.well-known/est/<op>`` and
+``/.well-known/est/<label>/<op>`` (RFC 7030 §3.2.2).  Handlers are thin:
+decode, one call into the CA (in a worker thread: it signs and writes the
+store), encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from estkit.ca.authority import CertificateAuthority
+from estkit.ca.identity import ANONYMOUS, RequestContext
+from estkit.errors import (EstError, MethodNotAllowed, NotFound, PayloadTooLarge,
+                           UnsupportedMediaType)
+from estkit.protocol import constants as c
+from estkit.protocol.framing import decode_b64, media_type
+from estkit.server.auth import Authenticator, peer_of
+from estkit.server.wire import error_response, text_response
+
+__all__ = ["EstRequest", "Operation", "EstServer", "REQUEST_KEY"]
+
+log = logging.getLogger("estkit.server")
+access = logging.getLogger("estkit.access")
+
+REQUEST_KEY = web.AppKey("est_request_info", dict)  # type: ignore[var-annotated]
+_INFO = "estkit.info"
+
+
+@dataclass
+class EstRequest:
+    """A routed EST request: the label (None: default), the operation, the
+    authenticated context (after auth) and the decoded body (for POSTs)."""
+
+    http: web.Request
+    label: str | None
+    operation: str
+    ctx: RequestContext
+    der: bytes = b""
+
+
+Handler = Callable[["EstServer", EstRequest], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An EST operation: its method, the request media types it takes (empty
+    for a GET), whether it needs an authenticated requester, and its handler."""
+
+    name: str
+    method: str
+    handler: Handler
+    content_types: tuple[str, ...] = ()
+    require_auth: bool = False
+
+
+class EstServer:
+    """The aiohttp application around a CertificateAuthority."""
+
+    def __init__(self, ca: CertificateAuthority, *, realm: str = "estkit", max_body: int = 65536,
+                 access_log: bool = True) -> None:
+        self.ca = ca
+        self.realm = realm
+        self.max_body = max_body
+        self.access_log = access_log
+        self.auth = Authenticator(ca, realm)
+        self.operations: dict[str, Operation] = {}
+
+    def register(self, op: Operation) -> None:
+        """Add (or replace) an operation."""
+        if op.name not in c.OPERATIONS:
+            raise ValueError(f"not an EST operation: {op.name}")
+        self.operations[op.name] = op
+
+    async def run_ca(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking CA call (signing, store I/O) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
+        app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
+        return app
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def _route(self, tail: str) -> tuple[str | None, str]:
+        parts = tail.split("/")
+        if parts and parts[-1] == "":
+            parts.pop()
+        if len(parts) == 1:
+            return None, parts[0]
+        if len(parts) == 2 and parts[0]:
+            return parts[0], parts[1]
+        raise NotFound("no such EST path")
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        label, opname = self._route(request.match_info["tail"])
+        info = request[_INFO]
+        info["op"], info["label"] = opname, label or ""
+        op = self.operations.get(opname)
+        if op is None:
+            raise NotFound(f"unknown EST operation {opname!r}")
+        self.ca.profile(label)  # 404 for an unknown label
+        if request.method != op.method:
+            raise MethodNotAllowed(f"{opname} takes {op.method}, not {request.method}", allowed=(op.method,))
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise PayloadTooLarge(f"request body over {self.max_body} bytes")
+        # Authenticate before looking at what an unknown peer sent.
+        ctx = RequestContext(peer=peer_of(request))
+        if op.require_auth:
+            ctx = await self.auth.context(request, require=True)
+        info["identity"] = str(ctx.identity)
+        der = b""
+        if op.content_types:
+            mt = media_type(request.headers.get("Content-Type"))
+            if mt not in op.content_types:
+                raise UnsupportedMediaType(f"{opname} takes {' or '.join(op.content_types)}, not {mt or 'nothing'}")
+            # RFC 8951 §3: base64 whatever Content-Transfer-Encoding says.
+            der = decode_b64(await request.read(), "request body")
+        return await op.handler(self, EstRequest(request, label, opname, ctx, der))
+
+    @web.middleware
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        start = time.perf_counter()
+        info: dict[str, str] = {"op": "-", "label": "", "identity": str(ANONYMOUS)}
+        request[_INFO] = info
+        try:
+            resp = await handler(request)
+        except EstError as exc:
+            resp = error_response(exc, self.realm)
+        except web.HTTPRequestEntityTooLarge:
+            resp = error_response(PayloadTooLarge(f"request body over {self.max_body} bytes"), self.realm)
+        except web.HTTPException as exc:
+            resp = text_response(exc.status, exc.reason)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            resp = text_response(500, "internal server error")
+        if self.access_log:
+            access.info("%s %s %s %s %d %.1fms", peer_of(request), info["identity"], info["op"],
+                        info["label"] or "-", resp.status, (time.perf_counter() - start) * 1000)
+        return resp
+
+

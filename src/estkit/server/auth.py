@@ -1,0 +1,105 @@
+"""Authentication on the transport: HTTP Basic and TLS client certificates.
+
+The handshake already verified a client certificate against our CAs and the
+bootstrap anchors; here it is mapped to an identity by the CA (store lookup:
+issued here and not revoked).  Credentials are only ever accepted over TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from estkit.ca.authority import CertificateAuthority
+from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
+from estkit.errors import BadRequest, Unauthorized
+
+__all__ = ["ssl_object", "peer_of", "basic_credentials", "build_context", "Authenticator"]
+
+# A hook that can authenticate a request by other means (HTTP Digest): returns
+# an identity, None when the request carries no such credentials, or raises Unauthorized.
+ExtraAuth = Callable[[web.Request], Awaitable[Identity | None]]
+
+
+def ssl_object(request: web.Request) -> ssl.SSLObject | None:
+    """The request's TLS object (None on a plain connection)."""
+    transport = request.transport
+    return transport.get_extra_info("ssl_object") if transport is not None else None
+
+
+def peer_of(request: web.Request) -> str:
+    """The peer's address, ``ip:port``."""
+    transport = request.transport
+    peer: Any = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "-"
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(user, password)`` from an ``Authorization: Basic`` header, None if
+    there is no Basic header; BadRequest when it is malformed."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("malformed Basic Authorization header") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise BadRequest("malformed Basic Authorization header")
+    return user, password
+
+
+class Authenticator:
+    """Turns a request's credentials into a :class:`RequestContext`."""
+
+    def __init__(self, ca: CertificateAuthority, realm: str) -> None:
+        self.ca = ca
+        self.realm = realm
+        self.extra: list[ExtraAuth] = []
+        self.challenges: list[str] = [f'Basic realm="{realm}", charset="UTF-8"']
+
+    async def context(self, request: web.Request, *, require: bool) -> RequestContext:
+        """Authenticate.  With ``require``, a request with neither credentials
+        nor a client certificate gets 401 and the challenges."""
+        loop = asyncio.get_running_loop()
+        sslobj = ssl_object(request)
+        cert_identity: Identity | None = None
+        tls_unique: bytes | None = None
+        version: str | None = None
+        if sslobj is not None:
+            version = sslobj.version()
+            tls_unique = sslobj.get_channel_binding("tls-unique")
+            der = sslobj.getpeercert(binary_form=True)
+            if der:
+                cert_identity = await loop.run_in_executor(None, self.ca.identify_certificate, der)
+        user: Identity | None = None
+        creds = basic_credentials(request.headers.get("Authorization"))
+        if creds is not None:
+            if sslobj is None:
+                raise Unauthorized("credentials are accepted only over TLS", challenges=tuple(self.challenges))
+            try:
+                user = await loop.run_in_executor(None, self.ca.authenticate_user, *creds)
+            except Unauthorized as exc:
+                raise Unauthorized(exc.reason, challenges=tuple(self.challenges)) from None
+        else:
+            for hook in self.extra:
+                user = await hook(request)
+                if user is not None:
+                    break
+        primary = user or cert_identity or ANONYMOUS
+        if require and primary is ANONYMOUS:
+            raise Unauthorized("authentication required: HTTP Basic or a TLS client certificate",
+                               challenges=tuple(self.challenges), empty_body=True)
+        return RequestContext(identity=primary, client_cert=cert_identity, peer=peer_of(request),
+                              tls_unique=tls_unique, tls_version=version)

@@ -1,0 +1,47 @@
+"""Handlers of the mandatory operations and /csrattrs (RFC 7030 §4.1, §4.2, §4.5)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from estkit.protocol import constants as c
+from estkit.protocol.pkcs7 import certs_only
+from estkit.server.app import EstRequest, EstServer, Operation
+from estkit.server.wire import b64_response
+
+__all__ = ["register_core"]
+
+
+async def cacerts(server: EstServer, req: EstRequest) -> web.StreamResponse:
+    """RFC 7030 §4.1: no authentication; 200 with the chain as certs-only."""
+    return b64_response(server.ca.cacerts(req.label), c.CT_PKCS7)
+
+
+async def csrattrs(server: EstServer, req: EstRequest) -> web.StreamResponse:
+    """RFC 7030 §4.5.2: 200 with CsrAttrs, or 204 when there are none."""
+    der = server.ca.csrattrs(req.label)
+    if der is None:
+        return web.Response(status=204)
+    return b64_response(der, c.CT_CSRATTRS)
+
+
+async def simpleenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
+    """RFC 7030 §4.2.1 / §4.2.3: a certs-only response with the one new certificate."""
+    cert = await server.run_ca(server.ca.simpleenroll, req.label, req.der, req.ctx)
+    return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
+
+
+async def simplereenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
+    """RFC 7030 §4.2.2: renew or rekey the TLS client certificate."""
+    cert = await server.run_ca(server.ca.simplereenroll, req.label, req.der, req.ctx)
+    return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
+
+
+def register_core(server: EstServer) -> None:
+    """Register /cacerts, /csrattrs, /simpleenroll and /simplereenroll."""
+    server.register(Operation(c.OP_CACERTS, "GET", cacerts))
+    server.register(Operation(c.OP_CSRATTRS, "GET", csrattrs))
+    server.register(Operation(c.OP_SIMPLEENROLL, "POST", simpleenroll, (c.CT_PKCS10,), require_auth=True))
+    server.register(Operation(c.OP_SIMPLEREENROLL, "POST", simplereenroll, (c.CT_PKCS10,), require_auth=True))
+
+

@@ -1,0 +1,113 @@
+"""Serving: one listening socket shared by N worker processes.
+
+The CA (keys loaded once) and the TLS context are built before forking, so
+every worker shares the same session-ticket keys and a resumed session works
+whichever worker accepts it.  SIGTERM or SIGINT stops every worker cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+__all__ = ["serve", "bind"]
+
+log = logging.getLogger("estkit.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (IPv6 when the host is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
+                      ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    for factory, s, ctx in [(make_app, sock, ssl_ctx), *[(f, s2, None) for f, s2 in extra_sites]]:
+        runner = web.AppRunner(factory(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, s, ssl_context=ctx, shutdown_timeout=2.0).start()
+        runners.append(runner)
+    await stop.wait()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def _loop_run(coro_factory: Callable[[], object]) -> None:
+    try:
+        import uvloop
+        uvloop.run(coro_factory())  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro_factory())  # type: ignore[arg-type]
+
+
+def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *,
+          workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
+          on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+    extra = extra_sites or []
+    if workers <= 1:
+        if on_ready:
+            on_ready()
+        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra))
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    stopping = False
+
+    def _forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    if on_ready:
+        on_ready()
+    status = 0
+    alive = set(children)
+    while alive:
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        alive.discard(pid)
+        if not stopping:
+            log.error("worker %d exited (%d); stopping", pid, st)
+            status = 1
+            _forward(signal.SIGTERM, None)
+    return status

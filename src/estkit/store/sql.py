@@ -1,0 +1,290 @@
+"""The CA's storage protocol (``estkit.ca.ports.Store``) over SQLAlchemy Core.
+
+One code path for SQLite and PostgreSQL.  SQLite runs in WAL mode with a busy
+timeout so several server processes can share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import delete as sa_delete
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from estkit.ca.ports import (AuditEvent, Conflict, IssuedCert, PendingRequest, StoredCert, StoreError,
+                             UserRecord)
+from estkit.store.models import Audit, Certificate, Pending, User
+
+__all__ = ["SqlStore", "open_store", "migrate"]
+
+_CERTS = Certificate.__table__
+_USERS = User.__table__
+_AUDIT = Audit.__table__
+_PENDING = Pending.__table__
+_MIGRATIONS = str(Path(__file__).parent / "migrations")
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were written as UTC."""
+    if dt is None:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               poolclass=NullPool if ":memory:" not in url else None)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode is durable across a process crash; only an OS
+            # crash can lose the last transactions.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest migration."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", _MIGRATIONS)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
+    """A store on ``url``; with ``upgrade`` the schema is migrated first."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(_make_engine(url))
+    if upgrade:
+        try:
+            migrate(store.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store: {exc}") from exc
+    return store
+
+
+class SqlStore:
+    """Implements ``estkit.ca.ports.Store``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pid = os.getpid()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        if os.getpid() != self._pid:  # a forked worker must not reuse the parent's sockets
+            self.engine.dispose(close=False)
+            self._pid = os.getpid()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise Conflict(str(exc.orig)) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc).splitlines()[0]) from exc
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # -- certificates -------------------------------------------------------
+
+    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None) -> None:
+        with self._tx() as conn:
+            if audit is not None:
+                self._audit(conn, audit)
+            conn.execute(insert(_CERTS).values(
+                serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
+                sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
+                requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
+                der=cert.der, issued_at=datetime.now(UTC)))
+
+    @staticmethod
+    def _cert(row: Any) -> StoredCert:
+        return StoredCert(
+            serial=int(row.serial, 16), ca=row.ca, label=row.label, subject=row.subject,
+            sans=tuple(json.loads(row.sans)), not_before=_utc(row.not_before),  # type: ignore[arg-type]
+            not_after=_utc(row.not_after), requester=row.requester,  # type: ignore[arg-type]
+            der=row.der, issued_at=_utc(row.issued_at),  # type: ignore[arg-type]
+            revoked_at=_utc(row.revoked_at), revocation_reason=row.revocation_reason)
+
+    def get_certificate(self, serial: int) -> StoredCert | None:
+        with self._tx() as conn:
+            row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
+        return self._cert(row) if row else None
+
+    def serial_exists(self, serial: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute(select(_CERTS.c.serial).where(_CERTS.c.serial == _hex(serial))).first() is not None
+
+    def revoke(self, serial: int, reason: str, at: datetime) -> StoredCert | None:
+        with self._tx() as conn:
+            conn.execute(update(_CERTS).where(_CERTS.c.serial == _hex(serial), _CERTS.c.revoked_at.is_(None))
+                         .values(revoked_at=at, revocation_reason=reason))
+            row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
+        return self._cert(row) if row else None
+
+    def list_revoked(self, ca: str) -> list[StoredCert]:
+        with self._tx() as conn:
+            rows = conn.execute(select(_CERTS).where(_CERTS.c.ca == ca, _CERTS.c.revoked_at.is_not(None))
+                                .order_by(_CERTS.c.revoked_at)).all()
+        return [self._cert(r) for r in rows]
+
+    def list_certificates(self, *, limit: int = 100, offset: int = 0) -> list[StoredCert]:
+        with self._tx() as conn:
+            rows = conn.execute(select(_CERTS).order_by(_CERTS.c.issued_at.desc()).limit(limit)
+                                .offset(offset)).all()
+        return [self._cert(r) for r in rows]
+
+    def count_certificates(self) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).select_from(_CERTS)).scalar_one())
+
+    # -- users --------------------------------------------------------------
+
+    @staticmethod
+    def _user(row: Any) -> UserRecord:
+        return UserRecord(name=row.name, password_hash=row.password_hash, created_at=_utc(row.created_at),  # type: ignore[arg-type]
+                          one_time=bool(row.one_time), expires_at=_utc(row.expires_at),
+                          used_at=_utc(row.used_at), disabled=bool(row.disabled), policy=row.policy)
+
+    def add_user(self, user: UserRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(_USERS).values(
+                name=user.name, password_hash=user.password_hash, created_at=user.created_at,
+                one_time=user.one_time, expires_at=user.expires_at, used_at=user.used_at,
+                disabled=user.disabled, policy=user.policy))
+
+    def get_user(self, name: str) -> UserRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(select(_USERS).where(_USERS.c.name == name)).first()
+        return self._user(row) if row else None
+
+    def list_users(self) -> list[UserRecord]:
+        with self._tx() as conn:
+            rows = conn.execute(select(_USERS).order_by(_USERS.c.name)).all()
+        return [self._user(r) for r in rows]
+
+    def update_user(self, user: UserRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(update(_USERS).where(_USERS.c.name == user.name).values(
+                password_hash=user.password_hash, one_time=user.one_time, expires_at=user.expires_at,
+                used_at=user.used_at, disabled=user.disabled, policy=user.policy))
+
+    def remove_user(self, name: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(sa_delete(_USERS).where(_USERS.c.name == name)).rowcount > 0
+
+    def consume_one_time(self, name: str, at: datetime) -> bool:
+        # One UPDATE guarded by "used_at IS NULL": of concurrent callers exactly one wins.
+        with self._tx() as conn:
+            res = conn.execute(update(_USERS).where(_USERS.c.name == name, _USERS.c.used_at.is_(None))
+                               .values(used_at=at))
+            return res.rowcount == 1
+
+    # -- audit --------------------------------------------------------------
+
+    def audit(self, event: AuditEvent) -> None:
+        with self._tx() as conn:
+            self._audit(conn, event)
+
+    @staticmethod
+    def _audit(conn: Connection, event: AuditEvent) -> None:
+        conn.execute(insert(_AUDIT).values(
+            at=event.at or datetime.now(UTC), event=event.event, identity=event.identity[:255],
+            peer=event.peer[:64], label=event.label, csr_fingerprint=event.csr_fingerprint,
+            serial=_hex(event.serial) if event.serial is not None else None, detail=event.detail))
+
+    def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
+                   label: str | None = None) -> list[AuditEvent]:
+        q = select(_AUDIT).order_by(_AUDIT.c.id.desc()).limit(limit)
+        if event:
+            q = q.where(_AUDIT.c.event == event)
+        if identity:
+            q = q.where(_AUDIT.c.identity == identity)
+        if label is not None:
+            q = q.where(_AUDIT.c.label == label)
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+        return [AuditEvent(event=r.event, identity=r.identity, peer=r.peer, label=r.label,
+                           csr_fingerprint=r.csr_fingerprint,
+                           serial=int(r.serial, 16) if r.serial else None, detail=r.detail,
+                           at=_utc(r.at), id=r.id) for r in rows]
+
+    # -- pending ------------------------------------------------------------
+
+    @staticmethod
+    def _pending(r: Any) -> PendingRequest:
+        return PendingRequest(id=r.id, identity=r.identity, label=r.label, operation=r.operation,
+                              csr_fingerprint=r.csr_fingerprint, csr_der=r.csr_der, status=r.status,
+                              created_at=_utc(r.created_at), decided_at=_utc(r.decided_at),  # type: ignore[arg-type]
+                              reason=r.reason, serial=int(r.serial, 16) if r.serial else None)
+
+    def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
+                    csr_der: bytes, at: datetime) -> PendingRequest:
+        with self._tx() as conn:
+            row = conn.execute(select(_PENDING).where(
+                _PENDING.c.identity == identity, _PENDING.c.label == label,
+                _PENDING.c.csr_fingerprint == fingerprint, _PENDING.c.status == "pending")).first()
+            if row is None:
+                conn.execute(insert(_PENDING).values(
+                    identity=identity, label=label, operation=operation, csr_fingerprint=fingerprint,
+                    csr_der=csr_der, status="pending", created_at=at, reason=""))
+                row = conn.execute(select(_PENDING).where(
+                    _PENDING.c.identity == identity, _PENDING.c.label == label,
+                    _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+        return self._pending(row)
+
+    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
+        with self._tx() as conn:
+            row = conn.execute(select(_PENDING).where(
+                _PENDING.c.identity == identity, _PENDING.c.label == label,
+                _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+        return self._pending(row) if row else None
+
+    def get_pending(self, id: int) -> PendingRequest | None:
+        with self._tx() as conn:
+            row = conn.execute(select(_PENDING).where(_PENDING.c.id == id)).first()
+        return self._pending(row) if row else None
+
+    def list_pending(self, status: str | None = None) -> list[PendingRequest]:
+        q = select(_PENDING).order_by(_PENDING.c.id)
+        if status:
+            q = q.where(_PENDING.c.status == status)
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+        return [self._pending(r) for r in rows]
+
+    def decide_pending(self, id: int, status: str, reason: str, at: datetime,
+                       serial: int | None = None, expected: str | None = None) -> bool:
+        q = update(_PENDING).where(_PENDING.c.id == id)
+        if expected is not None:
+            q = q.where(_PENDING.c.status == expected)
+        with self._tx() as conn:
+            res = conn.execute(q.values(status=status, reason=reason, decided_at=at,
+                                        serial=_hex(serial) if serial is not None else None))
+            return res.rowcount == 1

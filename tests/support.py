@@ -1,0 +1,265 @@
+"""Test support: real server processes, real PostgreSQL, external tools.
+
+Nothing here mocks a component: ``ServerProcess`` runs ``estkit serve`` as a
+subprocess over TLS on 127.0.0.1, ``postgres_server`` runs a throwaway
+PostgreSQL (initdb/pg_ctl as the ``postgres`` user on a private port and
+socket directory).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+ESTKIT = str(VENV_BIN / "estkit")
+REQUIRE_ALL = os.environ.get("ESTKIT_REQUIRE_ALL") == "1"
+
+
+def require_tool(*names: str) -> None:
+    """Skip when a tool is missing on a laptop; fail in CI (ESTKIT_REQUIRE_ALL=1)."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        msg = f"required tool(s) not installed: {', '.join(missing)}"
+        if REQUIRE_ALL:
+            pytest.fail(msg + " (ESTKIT_REQUIRE_ALL=1)")
+        pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: Sequence[str], *, input: bytes | str | None = None, check: bool = True, timeout: float = 60,
+        env: dict[str, str] | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a command, capturing output; on failure the output is in the assertion."""
+    data = input.encode() if isinstance(input, str) else input
+    p = subprocess.run(list(cmd), input=data, capture_output=True, timeout=timeout,
+                       env={**os.environ, **(env or {})}, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {p.returncode}\nstdout: {p.stdout.decode(errors='replace')}"
+                             f"\nstderr: {p.stderr.decode(errors='replace')}")
+    return p
+
+
+def estkit(*args: str, input: str | None = None, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``estkit`` command line."""
+    return run([ESTKIT, *args], input=input, check=check, env=env)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def write_config(directory: Path, doc: dict[str, Any]) -> None:
+    """Write a config dict as TOML (tables of tables only, as estkit uses)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and (scalars or not subs):
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in subs.items():
+            emit(f"{prefix}.{k}" if prefix else k, v)
+
+    emit("", doc)
+    (directory / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    return tomllib.loads((directory / "config.toml").read_text())
+
+
+@dataclass
+class ServerProcess:
+    """A real ``estkit serve`` on 127.0.0.1 over TLS, in its own data directory."""
+
+    dir: Path
+    port: int = 0
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"https://localhost:{self.port}/.well-known/est"
+
+    def url(self, op: str, label: str | None = None) -> str:
+        return f"{self.base}/{label}/{op}" if label else f"{self.base}/{op}"
+
+    @property
+    def ca_pem(self) -> Path:
+        return self.dir / "ca.pem"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.port = self.port or free_port()
+        self.log_path = self.dir / f"serve-{self.port}.log"
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([ESTKIT, "serve", "--dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}",
+                                      "--workers", str(self.workers)], stdout=logf, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env}, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"estkit serve exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"estkit serve did not listen within {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM; returns the exit status (0 expected)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"estkit serve did not stop on SIGTERM:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def config(self) -> dict[str, Any]:
+        return read_config(self.dir)
+
+    def set_config(self, doc: dict[str, Any]) -> None:
+        write_config(self.dir, doc)
+
+    def add_user(self, name: str, password: str) -> None:
+        estkit("user", "add", name, "--dir", str(self.dir), "--password-stdin", input=password + "\n",
+               env=self.env)
+
+    def ssl_context(self, cert: Path | None = None, key: Path | None = None,
+                    max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_pem))
+        if cert is not None:
+            ctx.load_cert_chain(str(cert), str(key) if key else None)
+        if max_version is not None:
+            ctx.maximum_version = max_version
+        return ctx
+
+
+def init_server_dir(directory: Path, *extra: str, env: dict[str, str] | None = None) -> Path:
+    """``estkit init`` into a fresh directory."""
+    estkit("init", "--dir", str(directory), *extra, env=env)
+    return directory
+
+
+@contextmanager
+def server(directory: Path, *, users: dict[str, str] | None = None, configure: Any = None,
+           init_args: Sequence[str] = (), workers: int = 1, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Init (if needed), configure and run a server; stop it afterwards and check it exited 0."""
+    if not (directory / "config.toml").exists():
+        init_server_dir(directory, *init_args, env=env)
+    srv = ServerProcess(directory, workers=workers, env=env or {})
+    if configure is not None:
+        doc = srv.config()
+        configure(doc)
+        srv.set_config(doc)
+    for name, pw in (users or {}).items():
+        srv.add_user(name, pw)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, f"estkit serve exited {code}:\n{srv.log()}"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (base / name).exists():
+            return str(base / name)
+    return None
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL; yields a ``postgresql+psycopg://`` URL.  Skips
+    (fails under ESTKIT_REQUIRE_ALL) when PostgreSQL is not installed."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        msg = "PostgreSQL (initdb, pg_ctl) not installed"
+        if REQUIRE_ALL:
+            pytest.fail(msg + " (ESTKIT_REQUIRE_ALL=1)")
+        pytest.skip(msg)
+    base = Path(tempfile.mkdtemp(prefix="estkit-pg-"))
+    os.chmod(base, 0o777)
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    os.chmod(sock, 0o777)
+    port = free_port()
+    as_pg: list[str] = []
+    if os.geteuid() == 0:  # initdb and pg_ctl refuse to run as root
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    try:
+        run([*as_pg, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"], timeout=120)
+        run([*as_pg, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60", "-o",
+             f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off -c max_connections=200", "start"],
+            timeout=90)
+        yield f"postgresql+psycopg://postgres@/postgres?host={sock}&port={port}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], check=False, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(pg_url: str) -> str:
+    """A new, empty database on the session's PostgreSQL; returns its URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    name = "t_" + uuid.uuid4().hex[:12]
+    eng = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    eng.dispose()
+    return pg_url.replace("/postgres?", f"/{name}?")

@@ -1,0 +1,93 @@
+"""The storage protocol against both SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import fresh_database
+
+from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, UserRecord
+from estkit.store import SqlStore, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/estkit.db"
+    else:
+        url = fresh_database(request.getfixturevalue("pg_url"))
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def _cert(serial: int, ca: str = "default") -> IssuedCert:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return IssuedCert(serial=serial, ca=ca, label="default", subject=f"CN=dev{serial}", sans=("DNS:a.example",),
+                      not_before=now, not_after=now + timedelta(days=1), requester="user:alice",
+                      key_type="ec:P-256", csr_fingerprint="ab" * 32, der=b"\x30\x00" + serial.to_bytes(20, "big"))
+
+
+def test_ok_record_and_read_back_large_serial(store: SqlStore) -> None:
+    serial = (1 << 158) + 12345  # 159-bit serials do not fit a BIGINT: stored as hex
+    store.record_issued(_cert(serial), AuditEvent("issued", "user:alice", "127.0.0.1:1", "default", serial=serial))
+    got = store.get_certificate(serial)
+    assert got is not None and got.serial == serial and got.sans == ("DNS:a.example",)
+    assert got.not_after.tzinfo is not None and not got.revoked
+    assert store.serial_exists(serial) and not store.serial_exists(serial + 1)
+    assert store.count_certificates() == 1
+    assert store.list_audit(event="issued")[0].serial == serial
+
+
+def test_fail_duplicate_serial_is_conflict_and_keeps_first(store: SqlStore) -> None:
+    store.record_issued(_cert(7))
+    with pytest.raises(Conflict):
+        store.record_issued(_cert(7, ca="other"))
+    got = store.get_certificate(7)
+    assert got is not None and got.ca == "default"
+
+
+def test_ok_revoke_first_wins(store: SqlStore) -> None:
+    store.record_issued(_cert(9))
+    t1 = datetime.now(UTC).replace(microsecond=0)
+    assert store.revoke(9, "keyCompromise", t1).revoked  # type: ignore[union-attr]
+    again = store.revoke(9, "superseded", t1 + timedelta(hours=1))
+    assert again is not None and again.revocation_reason == "keyCompromise"
+    assert [c.serial for c in store.list_revoked("default")] == [9]
+    assert store.revoke(10, "superseded", t1) is None
+
+
+def test_ok_users_and_one_time_consumed_once_under_concurrency(store: SqlStore) -> None:
+    now = datetime.now(UTC)
+    store.add_user(UserRecord("dev", "scrypt$x", now, one_time=True, policy={"labels": ["default"]}))
+    with pytest.raises(Conflict):
+        store.add_user(UserRecord("dev", "scrypt$y", now))
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(store.consume_one_time("dev", now))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    u = store.get_user("dev")
+    assert u is not None and u.used_at is not None and u.policy == {"labels": ["default"]}
+    assert store.remove_user("dev") and not store.remove_user("dev")
+
+
+def test_ok_pending_dedup(store: SqlStore) -> None:
+    now = datetime.now(UTC)
+    a = store.add_pending("user:a", "default", "simpleenroll", "f" * 64, b"csr", now)
+    b = store.add_pending("user:a", "default", "simpleenroll", "f" * 64, b"csr", now)
+    assert a.id == b.id and len(store.list_pending("pending")) == 1
+    assert store.decide_pending(a.id, "approved", "ok", now, expected="pending")
+    assert not store.decide_pending(a.id, "rejected", "late", now, expected="pending")
+
+
+def test_ok_migration_is_idempotent(store: SqlStore) -> None:
+    from estkit.store.sql import migrate
+    migrate(store.engine)
+    assert store.count_certificates() == 0

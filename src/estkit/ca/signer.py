@@ -9,7 +9,7 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
@@ -29,6 +29,11 @@ class Signer(Protocol):
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         """Sign a finished CRL builder."""
+
+    def sign_data(self, data: bytes) -> bytes:
+        """A raw signature over ``data`` with the key's natural hash (:func:`hash_for`):
+        PKCS#1 v1.5 for RSA, DER ECDSA for EC, pure EdDSA.  Used for CMS SignedData
+        (CMC responses, RFC 5272 §3.2.2; server-generated keys, RFC 7030 §4.4.2)."""
 
 
 def hash_for(key: CertificateIssuerPrivateKeyTypes | CertificateIssuerPublicKeyTypes) -> hashes.HashAlgorithm | None:
@@ -61,6 +66,14 @@ class KeySigner:
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+
+    def sign_data(self, data: bytes) -> bytes:
+        key = self._key
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(data, padding.PKCS1v15(), self._hash or hashes.SHA256())
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(data, ec.ECDSA(self._hash or hashes.SHA256()))
+        return key.sign(data)  # type: ignore[call-arg]
 
 
 def load_signer(path: Path, passphrase: bytes | None = None) -> KeySigner:

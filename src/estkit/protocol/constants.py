@@ -60,3 +60,49 @@ OID_SECP384R1 = ObjectIdentifier("1.3.132.0.34")
 OID_ECDSA_SHA256 = ObjectIdentifier("1.2.840.10045.4.3.2")
 OID_ECDSA_SHA384 = ObjectIdentifier("1.2.840.10045.4.3.3")
 OID_SHA256_RSA = ObjectIdentifier("1.2.840.113549.1.1.11")
+
+# -- CMS and CMC (RFC 5652, RFC 5272/6402, RFC 5958, RFC 5753) ------------------------
+__all__ += [
+    "OID_DATA", "OID_SIGNED_DATA", "OID_ENVELOPED_DATA", "OID_CT_PKIDATA", "OID_CT_PKIRESPONSE",
+    "OID_CT_KP_AKEYPACKAGE", "OID_ATTR_CONTENT_TYPE", "OID_ATTR_MESSAGE_DIGEST", "OID_ATTR_SIGNING_TIME",
+    "OID_CMC_STATUS_INFO_V2", "OID_CMC_IDENTIFICATION", "OID_CMC_IDENTITY_PROOF_V2",
+    "OID_CMC_TRANSACTION_ID", "OID_CMC_SENDER_NONCE", "OID_CMC_RECIPIENT_NONCE", "OID_CMC_GET_CERT",
+    "OID_CMC_REVOKE_REQUEST", "OID_SHA256", "OID_SHA384", "OID_SHA512", "OID_HMAC_SHA256",
+    "OID_ECDSA_SHA512", "OID_RSAES_OAEP", "OID_AES256_CBC", "OID_AES128_CBC", "OID_AES256_WRAP",
+    "OID_AES128_WRAP", "OID_ECDH_SHA256_KDF", "OID_ECDH_SHA384_KDF", "CT_PKIX_CRL", "CRL_PATH",
+]
+OID_DATA = ObjectIdentifier("1.2.840.113549.1.7.1")
+OID_SIGNED_DATA = ObjectIdentifier("1.2.840.113549.1.7.2")
+OID_ENVELOPED_DATA = ObjectIdentifier("1.2.840.113549.1.7.3")
+OID_CT_PKIDATA = ObjectIdentifier("1.3.6.1.5.5.7.12.2")
+OID_CT_PKIRESPONSE = ObjectIdentifier("1.3.6.1.5.5.7.12.3")
+# RFC 5958 §3: id-ct-KP-aKeyPackage, the content of the server-generated key (RFC 7030 §4.4.2).
+OID_CT_KP_AKEYPACKAGE = ObjectIdentifier("2.16.840.1.101.2.1.2.78.5")
+OID_ATTR_CONTENT_TYPE = ObjectIdentifier("1.2.840.113549.1.9.3")
+OID_ATTR_MESSAGE_DIGEST = ObjectIdentifier("1.2.840.113549.1.9.4")
+OID_ATTR_SIGNING_TIME = ObjectIdentifier("1.2.840.113549.1.9.5")
+# id-cmc controls (RFC 5272 §6, RFC 6402).
+OID_CMC_STATUS_INFO_V2 = ObjectIdentifier("1.3.6.1.5.5.7.7.25")
+OID_CMC_IDENTIFICATION = ObjectIdentifier("1.3.6.1.5.5.7.7.2")
+OID_CMC_IDENTITY_PROOF_V2 = ObjectIdentifier("1.3.6.1.5.5.7.7.34")
+OID_CMC_TRANSACTION_ID = ObjectIdentifier("1.3.6.1.5.5.7.7.5")
+OID_CMC_SENDER_NONCE = ObjectIdentifier("1.3.6.1.5.5.7.7.6")
+OID_CMC_RECIPIENT_NONCE = ObjectIdentifier("1.3.6.1.5.5.7.7.7")
+OID_CMC_GET_CERT = ObjectIdentifier("1.3.6.1.5.5.7.7.15")
+OID_CMC_REVOKE_REQUEST = ObjectIdentifier("1.3.6.1.5.5.7.7.17")
+OID_SHA256 = ObjectIdentifier("2.16.840.1.101.3.4.2.1")
+OID_SHA384 = ObjectIdentifier("2.16.840.1.101.3.4.2.2")
+OID_SHA512 = ObjectIdentifier("2.16.840.1.101.3.4.2.3")
+OID_HMAC_SHA256 = ObjectIdentifier("1.2.840.113549.2.9")
+OID_ECDSA_SHA512 = ObjectIdentifier("1.2.840.10045.4.3.4")
+OID_RSAES_OAEP = ObjectIdentifier("1.2.840.113549.1.1.7")
+OID_AES128_CBC = ObjectIdentifier("2.16.840.1.101.3.4.1.2")
+OID_AES256_CBC = ObjectIdentifier("2.16.840.1.101.3.4.1.42")
+OID_AES128_WRAP = ObjectIdentifier("2.16.840.1.101.3.4.1.5")
+OID_AES256_WRAP = ObjectIdentifier("2.16.840.1.101.3.4.1.45")
+# RFC 5753 §7.1.4: dhSinglePass-stdDH-sha256kdf-scheme and -sha384kdf-scheme.
+OID_ECDH_SHA256_KDF = ObjectIdentifier("1.3.132.1.11.1")
+OID_ECDH_SHA384_KDF = ObjectIdentifier("1.3.132.1.11.2")
+# RFC 5280 §4.2.1.13 / RFC 2585: CRLs over plain HTTP, DER.
+CT_PKIX_CRL = "application/pkix-crl"
+CRL_PATH = "/crl"

@@ -64,4 +64,7 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log)
     register_core(server)
+    from estkit.ca.keygen import ServerKeyGen
+    from estkit.server.handlers_keygen import register_keygen
+    register_keygen(server, ServerKeyGen(ca))
     return server

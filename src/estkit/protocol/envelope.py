@@ -16,16 +16,19 @@ cryptography's PKCS7EnvelopeBuilder is RSA-only (interop-notes), hence pyasn1.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes,
+                                                             PrivateKeyTypes)
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import tag, univ
@@ -37,7 +40,7 @@ from estkit.protocol.cmc_cms import (CmsError, content_info, parse_signed, sign_
                                      verify_signed)
 
 __all__ = ["SUPPORTED_RECIPIENTS", "envelope_supported", "envelope", "open_envelope", "key_package",
-           "private_key_from_package", "wrap_server_key", "unwrap_server_key"]
+           "private_key_from_package", "wrap_server_key", "unwrap_server_key", "serverkeygen_csr", "decrypt_key_ids"]
 
 SUPPORTED_RECIPIENTS = "RSA keys (key transport) and EC P-256/P-384/P-521 keys (ECDH key agreement)"
 
@@ -253,3 +256,33 @@ def unwrap_server_key(der: bytes, private_key: PrivateKeyTypes) -> tuple[bytes, 
     if signer is None or not verify_signed(sc, signer.public_key()):
         raise CmsError("the server-generated key's signature does not verify")
     return private_key_from_package(sc.content), sc.certificates
+
+
+def serverkeygen_csr(key: CertificateIssuerPrivateKeyTypes, *, cn: str | None = None,
+                     subject: x509.Name | None = None, dns: Sequence[str] = (),
+                     asymmetric_key_id: bytes | None = None, decrypt_key_id: bytes | None = None) -> bytes:
+    """DER of a /serverkeygen request.  ``asymmetric_key_id`` (RFC 7030 §4.4.1.2
+    AsymmetricDecryptKeyIdentifier, the subject key identifier of the client's TLS
+    certificate) asks for the key encrypted to that certificate; ``decrypt_key_id``
+    (§4.4.1.1) names a symmetric key.  Both are OCTET STRING attributes."""
+    name = subject if subject is not None else x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    b = x509.CertificateSigningRequestBuilder().subject_name(name)
+    if dns:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
+    for oid, value in ((c.OID_ASYMM_DECRYPT_KEY_ID, asymmetric_key_id), (c.OID_DECRYPT_KEY_ID, decrypt_key_id)):
+        if value is not None:
+            b = b.add_attribute(oid, value, _tag=_ASN1Type.OctetString)
+    algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return b.sign(key, algo).public_bytes(Encoding.DER)  # type: ignore[arg-type]
+
+
+def decrypt_key_ids(csr: x509.CertificateSigningRequest) -> tuple[bytes | None, bytes | None]:
+    """``(AsymmetricDecryptKeyIdentifier, DecryptKeyIdentifier)`` of a request, None when absent."""
+    out: list[bytes | None] = []
+    for oid in (c.OID_ASYMM_DECRYPT_KEY_ID, c.OID_DECRYPT_KEY_ID):
+        try:
+            out.append(csr.attributes.get_attribute_for_oid(oid).value)
+        except x509.AttributeNotFound:
+            out.append(None)
+    return out[0], out[1]

@@ -1,0 +1,96 @@
+"""Server-side key generation (RFC 7030 §4.4).
+
+The CSR names the subject and SANs; its public key and signature are ignored
+(§4.4.1).  The new key never touches the store or the log: it exists in this
+process only until the response is encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from estkit.ca.authority import CertificateAuthority
+from estkit.ca.identity import RequestContext
+from estkit.ca.policy import MIN_RSA_BITS
+from estkit.errors import BadRequest, NotFound
+from estkit.protocol import constants as c
+from estkit.protocol.cmc_cms import key_identifiers
+from estkit.protocol.csr import load_csr
+from estkit.protocol.envelope import SUPPORTED_RECIPIENTS, decrypt_key_ids, envelope_supported, wrap_server_key
+from estkit.protocol.keys import KEY_TYPES, generate_key
+
+__all__ = ["ServerKeyGen", "GeneratedKey"]
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """The issued certificate and its key: DER PrivateKeyInfo, or (``encrypted``)
+    the DER EnvelopedData of RFC 7030 §4.4.2."""
+
+    certificate: x509.Certificate
+    key_der: bytes
+    encrypted: bool
+
+    def __repr__(self) -> str:  # never print key material
+        return f"GeneratedKey({self.certificate.serial_number:x}, encrypted={self.encrypted})"
+
+
+class ServerKeyGen:
+    """/serverkeygen on top of a CertificateAuthority."""
+
+    def __init__(self, ca: CertificateAuthority) -> None:
+        self.ca = ca
+
+    def serverkeygen(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> GeneratedKey:
+        """RFC 7030 §4.4: generate a key of the label's (or the CSR's) type,
+        certify it for the CSR's subject and SANs, return both."""
+        profile = self.ca.profile(label)
+        if not profile.serverkeygen:
+            # RFC 7030 §4.4: optional; off unless the label enables it.
+            raise NotFound(f"serverkeygen is not enabled for label {profile.label!r}")
+        info = load_csr(csr_der)
+        recipient = self._recipient(info.csr, ctx, profile.serverkeygen_encrypt)
+        key_type = profile.serverkeygen_key_type or info.key_type
+        if key_type not in KEY_TYPES:
+            raise BadRequest(f"cannot generate a {key_type} key (supported: {', '.join(KEY_TYPES)})")
+        if key_type.startswith("rsa:") and int(key_type[4:]) < MIN_RSA_BITS:
+            raise BadRequest(f"RSA keys of fewer than {MIN_RSA_BITS} bits are not generated")
+        if not profile.serverkeygen_key_type and key_type not in profile.allowed_key_types:
+            raise BadRequest(f"key type {key_type} (from the CSR) is not allowed for this label "
+                             f"(allowed: {', '.join(profile.allowed_key_types)})")
+        key = generate_key(key_type)
+        cert = self.ca.enroll(c.OP_SERVERKEYGEN, label, csr_der, ctx, public_key=key.public_key(), csr=info)
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        del key
+        if recipient is None:
+            return GeneratedKey(cert, der, False)
+        issuing = self.ca.cas[profile.ca]
+        wrapped = wrap_server_key(der, recipient, sign=issuing.signer.sign_data, signer_cert=issuing.cert)
+        return GeneratedKey(cert, wrapped, True)
+
+    @staticmethod
+    def _recipient(csr: x509.CertificateSigningRequest, ctx: RequestContext,
+                   label_demands: bool) -> x509.Certificate | None:
+        """Whom to encrypt the key to (RFC 7030 §4.4.1.2), or None for a plain key.
+        Decided before anything is issued, so a refusal issues nothing."""
+        asym_id, sym_id = decrypt_key_ids(csr)
+        if sym_id is not None:
+            # §4.4.1.1: a symmetric key shared out of band; this server holds none.
+            raise BadRequest("unknown DecryptKeyIdentifier: this server holds no symmetric keys "
+                             "(use AsymmetricDecryptKeyIdentifier with the TLS client certificate)")
+        if asym_id is None and not label_demands:
+            return None
+        tls = ctx.client_cert.certificate if ctx.client_cert is not None else None
+        if tls is None:
+            raise BadRequest("an encrypted server-generated key needs a TLS client certificate to encrypt to")
+        if asym_id is not None and asym_id not in key_identifiers(tls.public_key(), tls):
+            raise BadRequest("unknown AsymmetricDecryptKeyIdentifier: it is not the subject key identifier "
+                             "of the TLS client certificate")
+        if not envelope_supported(tls.public_key()):
+            raise BadRequest(f"cannot encrypt the key to this TLS client certificate's key: supported are "
+                             f"{SUPPORTED_RECIPIENTS}")
+        return tls

@@ -1,0 +1,26 @@
+"""/serverkeygen (RFC 7030 §4.4): decode, one CA call, encode the multipart."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from estkit.ca.keygen import GeneratedKey, ServerKeyGen
+from estkit.protocol import constants as c
+from estkit.protocol.multipart import build_serverkeygen
+from estkit.protocol.pkcs7 import certs_only
+from estkit.server.app import EstRequest, EstServer, Operation
+
+__all__ = ["register_keygen"]
+
+
+def register_keygen(server: EstServer, keygen: ServerKeyGen) -> None:
+    """Register /serverkeygen: same authentication and request as /simpleenroll."""
+
+    async def serverkeygen(srv: EstServer, req: EstRequest) -> web.StreamResponse:
+        result: GeneratedKey = await srv.run_ca(keygen.serverkeygen, req.label, req.der, req.ctx)
+        body, ctype = build_serverkeygen(result.key_der, certs_only([result.certificate]),
+                                         encrypted=result.encrypted)
+        # One write with Content-Length, never chunked (interop-notes).
+        return web.Response(status=200, body=body, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
+
+    server.register(Operation(c.OP_SERVERKEYGEN, "POST", serverkeygen, (c.CT_PKCS10,), require_auth=True))

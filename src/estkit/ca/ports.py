@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CertStore",
-           "UserStore", "AuditLog", "PendingStore", "Store", "StoreError", "Conflict"]
+__all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
+           "UserStore", "AuditLog", "PendingStore", "CrlStore", "Store", "StoreError", "Conflict"]
 
 
 class StoreError(Exception):
@@ -110,6 +110,17 @@ class PendingRequest:
     serial: int | None = None
 
 
+@dataclass(frozen=True)
+class CrlRecord:
+    """The current CRL of one CA: its CRL number, validity and DER."""
+
+    ca: str
+    number: int
+    this_update: datetime
+    next_update: datetime
+    der: bytes
+
+
 class CertStore(Protocol):
     """Issued certificates."""
 
@@ -191,5 +202,16 @@ class PendingStore(Protocol):
         """Set a request's status (only if it is ``expected`` when given)."""
 
 
-class Store(CertStore, UserStore, AuditLog, PendingStore, Protocol):
+class CrlStore(Protocol):
+    """The published CRL of each CA (RFC 5280 §5), with its persisted CRL number."""
+
+    def get_crl(self, ca: str) -> CrlRecord | None:
+        """The current CRL of a CA, or None if none was made yet."""
+
+    def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
+        """Replace the CA's CRL only if the stored number is still ``previous_number``
+        (None: no CRL yet).  False when another process got there first."""
+
+
+class Store(CertStore, UserStore, AuditLog, PendingStore, CrlStore, Protocol):
     """Everything the CA and the server need from storage."""

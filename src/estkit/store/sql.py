@@ -21,9 +21,9 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from estkit.ca.ports import (AuditEvent, Conflict, IssuedCert, PendingRequest, StoredCert, StoreError,
+from estkit.ca.ports import (AuditEvent, Conflict, CrlRecord, IssuedCert, PendingRequest, StoredCert, StoreError,
                              UserRecord)
-from estkit.store.models import Audit, Certificate, Pending, User
+from estkit.store.models import Audit, Certificate, CrlState, Pending, User
 
 __all__ = ["SqlStore", "open_store", "migrate"]
 
@@ -31,6 +31,7 @@ _CERTS = Certificate.__table__
 _USERS = User.__table__
 _AUDIT = Audit.__table__
 _PENDING = Pending.__table__
+_CRL = CrlState.__table__
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 
@@ -288,3 +289,27 @@ class SqlStore:
             res = conn.execute(q.values(status=status, reason=reason, decided_at=at,
                                         serial=_hex(serial) if serial is not None else None))
             return res.rowcount == 1
+
+    # -- CRLs ---------------------------------------------------------------
+
+    def get_crl(self, ca: str) -> CrlRecord | None:
+        with self._tx() as conn:
+            r = conn.execute(select(_CRL).where(_CRL.c.ca == ca)).first()
+        if r is None:
+            return None
+        return CrlRecord(ca=r.ca, number=int(r.number), this_update=_utc(r.this_update),  # type: ignore[arg-type]
+                         next_update=_utc(r.next_update), der=r.der)  # type: ignore[arg-type]
+
+    def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
+        values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)
+        try:
+            with self._tx() as conn:
+                if previous_number is None:
+                    conn.execute(insert(_CRL).values(ca=crl.ca, **values))
+                    return True
+                # Compare-and-set on the number: of concurrent writers exactly one wins.
+                res = conn.execute(update(_CRL).where(_CRL.c.ca == crl.ca, _CRL.c.number == previous_number)
+                                   .values(**values))
+                return res.rowcount == 1
+        except Conflict:
+            return False

@@ -1,0 +1,130 @@
+"""Revocation and the CRL of each CA (RFC 5280 §5).
+
+A revocation is recorded in the store (first one wins) and the CA's CRL is
+regenerated at once; a CRL is also regenerated when it comes within
+``refresh_before`` of its nextUpdate (the server calls :meth:`Revocation.refresh`
+periodically).  The CRL number lives in the store and only ever grows; several
+server processes may race to regenerate, the store's compare-and-set lets one win.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.ports import AuditEvent, CrlRecord, StoredCert, StoreError
+from estkit.errors import BadRequest, InternalError, NotFound
+
+__all__ = ["REASONS", "Revocation", "reason_name"]
+
+log = logging.getLogger("estkit.ca")
+
+# RFC 5280 §5.3.1 CRLReason, by the names the CLI and the store use.
+REASONS: dict[str, x509.ReasonFlags] = {f.value: f for f in x509.ReasonFlags}
+_BY_CODE = {0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
+            5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn",
+            10: "aACompromise"}
+
+
+def reason_name(value: str | int) -> str:
+    """A CRLReason by name (case-insensitive) or RFC 5280 code; BadRequest if unknown."""
+    if isinstance(value, int) or value.isdigit():
+        name = _BY_CODE.get(int(value))
+    else:
+        name = next((n for n in REASONS if n.lower() == value.lower()), None)
+    if name is None or name == "removeFromCRL":
+        raise BadRequest(f"unknown revocation reason {value!r} (one of "
+                         f"{', '.join(n for n in REASONS if n != 'removeFromCRL')})")
+    return name
+
+
+class Revocation:
+    """Revokes certificates and keeps each CA's CRL current."""
+
+    def __init__(self, ca: CertificateAuthority, *, validity: timedelta = timedelta(days=1),
+                 refresh_before: timedelta = timedelta(hours=8),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.ca = ca
+        self.validity = validity
+        self.refresh_before = refresh_before
+        self.clock = clock
+
+    def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-",
+               issuer: x509.Name | None = None) -> StoredCert:
+        """Mark a certificate revoked and publish a new CRL.  NotFound for an
+        unknown serial (or one of another issuer); revoking twice keeps the first."""
+        name = reason_name(reason)
+        stored = self.ca.store.get_certificate(serial)
+        if stored is None:
+            raise NotFound(f"no certificate with serial {serial:x}")
+        if issuer is not None and x509.load_der_x509_certificate(stored.der).issuer != issuer:
+            raise NotFound(f"certificate {serial:x} was not issued by {issuer.rfc4514_string()}")
+        result = self.ca.store.revoke(serial, name, self.clock())
+        if result is None:
+            raise NotFound(f"no certificate with serial {serial:x}")
+        try:
+            self.ca.store.audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label,
+                                           serial=serial, detail=result.revocation_reason or name))
+        except StoreError as exc:
+            log.error("cannot record the revocation audit event: %s", exc)
+        if result.ca in self.ca.cas:
+            self.regenerate(result.ca)
+        return result
+
+    def current(self, ca_name: str) -> CrlRecord:
+        """The CA's CRL, regenerated first if there is none or it is about to expire."""
+        if ca_name not in self.ca.cas:
+            raise NotFound(f"no CA named {ca_name!r}")
+        rec = self.ca.store.get_crl(ca_name)
+        if rec is None or rec.next_update - self.clock() <= self.refresh_before:
+            return self.regenerate(ca_name)
+        return rec
+
+    def refresh(self) -> None:
+        """Make sure no CA's CRL is near its nextUpdate (the server's periodic task)."""
+        for name in self.ca.cas:
+            self.current(name)
+
+    def regenerate(self, ca_name: str) -> CrlRecord:
+        """Sign a new CRL with the next CRL number and store it."""
+        issuing = self.ca.cas[ca_name]
+        for _attempt in range(5):
+            prev = self.ca.store.get_crl(ca_name)
+            rec = self._build(issuing, (prev.number + 1) if prev else 1)
+            if self.ca.store.put_crl(rec, prev.number if prev else None):
+                return rec
+        got = self.ca.store.get_crl(ca_name)
+        if got is None:
+            raise InternalError("could not publish a CRL")
+        return got
+
+    def _build(self, issuing: IssuingCA, number: int) -> CrlRecord:
+        now = self.clock().replace(microsecond=0)
+        nxt = now + self.validity
+        b = (x509.CertificateRevocationListBuilder()
+             .issuer_name(issuing.cert.subject)
+             .last_update(now)
+             .next_update(nxt)
+             .add_extension(x509.CRLNumber(number), critical=False))
+        try:
+            ski = issuing.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        except x509.ExtensionNotFound:
+            pass
+        for stored in self.ca.store.list_revoked(issuing.name):
+            if stored.revoked_at is None:
+                continue
+            rb = x509.RevokedCertificateBuilder().serial_number(stored.serial).revocation_date(stored.revoked_at)
+            reason = REASONS.get(stored.revocation_reason or "")
+            # RFC 5280 §5.3.1: omit the reason code rather than say unspecified.
+            if reason is not None and reason != x509.ReasonFlags.unspecified:
+                rb = rb.add_extension(x509.CRLReason(reason), critical=False)
+            b = b.add_revoked_certificate(rb.build())
+        crl = issuing.signer.sign_crl(b)
+        return CrlRecord(ca=issuing.name, number=number, this_update=now, next_update=nxt,
+                         der=crl.public_bytes(Encoding.DER))

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
@@ -29,7 +29,7 @@ from estkit.errors import BadRequest
 from estkit.protocol import constants as c
 
 __all__ = ["SignerId", "SignedContent", "sign_content", "parse_signed", "verify_signed", "signer_id_for",
-           "key_identifier", "CmsError", "content_info", "unwrap_content_info"]
+           "key_identifier", "key_identifiers", "CmsError", "content_info", "unwrap_content_info", "raw_signer"]
 
 _HASHES: dict[str, tuple[str, Callable[[], hashes.HashAlgorithm]]] = {
     c.OID_SHA256.dotted_string: ("sha256", hashes.SHA256),
@@ -106,6 +106,23 @@ def _hash_name(public_key: CertificatePublicKeyTypes) -> str:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return {521: "sha512", 384: "sha384"}.get(public_key.curve.key_size, "sha256")
     return "sha256"
+
+
+def raw_signer(key: CertificateIssuerPrivateKeyTypes) -> Callable[[bytes], bytes]:
+    """The ``sign`` callback :func:`sign_content` wants, for a private key held here
+    (the hash matches what :func:`sign_content` declares for the key)."""
+    hname = _hash_name(key.public_key())
+    h = _HASHES[_HASH_OID[hname].dotted_string][1]()
+
+    def sign(data: bytes) -> bytes:
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(data, padding.PKCS1v15(), h)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(data, ec.ECDSA(h))
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(data)
+        raise CmsError(f"unsupported signing key type {type(key).__name__}")
+    return sign
 
 
 def _alg(oid: str, null_params: bool = False) -> rfc5280.AlgorithmIdentifier:

@@ -127,6 +127,8 @@ def load_config(directory: Path) -> Config:
     if server.max_body_bytes <= 0 or server.workers < 0:
         raise ConfigError("'server.max_body_bytes' must be positive and 'server.workers' not negative")
     _split_listen(server.listen, "server.listen")
+    if server.crl_listen:
+        _split_listen(server.crl_listen, "server.crl_listen")
 
     store = _table(doc, "store")
     for key in store:

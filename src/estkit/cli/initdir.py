@@ -49,6 +49,7 @@ max_body_bytes = 65536
 workers = 0                          # 0: one worker process per core
 default_label = "default"            # the label served at /.well-known/est/<op>
 realm = "estkit"
+crl_listen = "{crl_listen}"{crl_comment}
 
 [store]
 url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db
@@ -67,12 +68,12 @@ extended_key_usage = ["clientAuth"]
 honour_san = true
 allowed_key_types = ["ec:P-256", "ec:P-384", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519"]
 require_linking = false
-"""
+{crl_url}"""
 
 
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
-             passphrase_env: str = "", listen: str = "127.0.0.1:8443") -> list[Path]:
+             passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "") -> list[Path]:
     """Create everything ``estkit serve`` needs in ``directory``; refuses to
     touch an existing CA.  Returns the files written."""
     if (directory / "ca").exists() or (directory / CONFIG_NAME).exists():
@@ -115,7 +116,11 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     written += [directory / "tls/server.key", directory / "tls/server.pem", directory / "ca.pem"]
 
     _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(
-        listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env).encode())
+        listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env,
+        crl_listen=crl_listen,
+        crl_comment="               # plain-HTTP CRL listener (HOST:PORT, empty: off)",
+        crl_url=(f'crl_url = "http://{crl_listen}/crl/default.crl"   # CRL Distribution Point of issued certs\n'
+                 if crl_listen else "")).encode())
     written.append(directory / CONFIG_NAME)
 
     # Every certificate this CA signs is recorded, the server's own included.

@@ -54,16 +54,20 @@ def cli() -> None:
 @click.option("--passphrase-env", default="", metavar="VAR",
               help="Encrypt the CA key with the passphrase in environment variable VAR.")
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="Default listen address.")
+@click.option("--crl-listen", default="", metavar="HOST:PORT",
+              help="Serve CRLs over plain HTTP here; issued certificates then point to it (CRL Distribution Points).")
 def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tuple[str, ...], ca_name: str,
-         passphrase_env: str, listen: str) -> None:
+         passphrase_env: str, listen: str, crl_listen: str) -> None:
     """Create a new CA, TLS certificate and config in DIR."""
     from estkit.cli.initdir import InitError, init_dir
     d = resolve_dir(directory)
     try:
         kt = check_key_type_name(key_type)
         split_listen(listen, "--listen")
+        if crl_listen:
+            split_listen(crl_listen, "--crl-listen")
         init_dir(d, key_type=kt, intermediate=intermediate, hostnames=hostnames, common_name=ca_name,
-                 passphrase_env=passphrase_env, listen=listen)
+                 passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen)
     except (InitError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Initialised {d}: CA certificate for clients to trust: {d / 'ca.pem'}")

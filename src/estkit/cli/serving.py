@@ -7,6 +7,7 @@ import os
 
 from estkit.cli.wiring import build_authority, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
+from estkit.protocol.constants import CRL_PATH
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 
@@ -27,6 +28,17 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     if n <= 0:
         n = os.cpu_count() or 1
     sock = bind(host, port)
+    extra = []
+    if cfg.server.crl_listen:
+        # The CRL over plain HTTP, where the certificates' CRL Distribution Points point.
+        from estkit.cli.wiring import build_revocation
+        from estkit.server.crl import crl_app
+        revocation = build_revocation(ca)
+        revocation.refresh()  # publish (or renew) every CRL before serving
+        crl_host, crl_port = split_listen(cfg.server.crl_listen, "server.crl_listen")
+        crl_sock = bind(crl_host, crl_port)
+        extra.append((lambda: crl_app(revocation), crl_sock))
+        log.info("serving CRLs on http://%s:%d%s/<ca>.crl", crl_host, crl_sock.getsockname()[1], CRL_PATH)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
-    return serve(server.app, sock, ssl_ctx, workers=n)
+    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra)

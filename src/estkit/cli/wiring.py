@@ -8,13 +8,15 @@ from pathlib import Path
 from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
 from estkit.server.app import EstServer
 from estkit.server.handlers import register_core
 from estkit.store import SqlStore, open_store
 
-__all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for"]
+__all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
+           "build_revocation", "load_cmc_secrets"]
 
 
 def load_pem_certs(path: Path) -> list[x509.Certificate]:
@@ -64,7 +66,39 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log)
     register_core(server)
+    from estkit.ca.cmc import CmcService
     from estkit.ca.keygen import ServerKeyGen
+    from estkit.server.handlers_cmc import register_cmc
     from estkit.server.handlers_keygen import register_keygen
     register_keygen(server, ServerKeyGen(ca))
+    register_cmc(server, CmcService(ca, build_revocation(ca), load_cmc_secrets(config)))
     return server
+
+
+def build_revocation(ca: CertificateAuthority) -> Revocation:
+    """Revocation and CRLs for the CA."""
+    return Revocation(ca)
+
+
+def load_cmc_secrets(config: Config) -> dict[str, dict[str, bytes]]:
+    """Each label's identityProofV2 shared secrets from its ``cmc_secrets_file``
+    (lines ``identification:secret``; ``#`` starts a comment)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for name, p in config.labels.items():
+        if not p.cmc_secrets_file:
+            continue
+        path = config.path(p.cmc_secrets_file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"'labels.{name}.cmc_secrets_file': {exc}") from None
+        secrets: dict[str, bytes] = {}
+        for n, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            ident, sep, secret = line.partition(":")
+            if not sep or not secret:
+                raise ConfigError(f"{path}:{n}: expected 'identification:secret'")
+            secrets[ident.strip()] = secret.encode()
+        out[name] = secrets
+    return out

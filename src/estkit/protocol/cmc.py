@@ -235,12 +235,11 @@ def ctl_revoke_request(bpid: int, issuer: x509.Name, serial: int, reason: int, c
 
 
 def ctl_get_cert(bpid: int, issuer: x509.Name, serial: int) -> Control:
-    """RFC 5272 §6.9 getCert (the issuer as a directoryName)."""
-    v = rfc6402.GetCert()
-    gn = v["issuerName"]
-    gn["directoryName"] = decoder.decode(issuer.public_bytes(), asn1Spec=rfc5280.Name())[0]
-    v["serialNumber"] = serial
-    return _control(bpid, c.OID_CMC_GET_CERT, v)
+    """RFC 5272 §6.9 getCert, the issuer as a directoryName (``[4]``, explicit:
+    Name is a CHOICE)."""
+    name = issuer.public_bytes()
+    body = b"\xa4" + _len(len(name)) + name + encoder.encode(univ.Integer(serial))
+    return Control(bpid, c.OID_CMC_GET_CERT.dotted_string, (b"\x30" + _len(len(body)) + body,))
 
 
 def decode_revoke_request(ctl: Control) -> tuple[bytes, int, int, str | None]:
@@ -254,13 +253,14 @@ def decode_revoke_request(ctl: Control) -> tuple[bytes, int, int, str | None]:
 
 
 def decode_get_cert(ctl: Control) -> tuple[bytes | None, int]:
-    """``(issuer directoryName DER or None, serial)`` of a getCert control."""
+    """``(issuer Name DER when a directoryName, else None; serial)`` of a getCert control."""
     try:
-        v, _ = decoder.decode(ctl.values[0], asn1Spec=rfc6402.GetCert())
-        gn = v["issuerName"]
-        issuer = encoder.encode(gn["directoryName"]) if gn.getName() == "directoryName" else None
-        return issuer, int(v["serialNumber"])
-    except (PyAsn1Error, IndexError, ValueError):
+        items = _seq_contents(ctl.values[0])
+        if len(items) != 2 or items[1][0] != 0x02:
+            raise CmcError(f"malformed getCert in body part {ctl.body_part_id}")
+        issuer = items[0][1] if items[0][0] == 0xA4 else None
+        return issuer, _int(items[1][1])
+    except IndexError:
         raise CmcError(f"malformed getCert in body part {ctl.body_part_id}") from None
 
 

@@ -27,7 +27,6 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     n = workers if workers is not None else cfg.server.workers
     if n <= 0:
         n = os.cpu_count() or 1
-    sock = bind(host, port)
     extra = []
     if cfg.server.crl_listen:
         # The CRL over plain HTTP, where the certificates' CRL Distribution Points point.
@@ -39,6 +38,8 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
         crl_sock = bind(crl_host, crl_port)
         extra.append((lambda: crl_app(revocation), crl_sock))
         log.info("serving CRLs on http://%s:%d%s/<ca>.crl", crl_host, crl_sock.getsockname()[1], CRL_PATH)
+    # Bound last: once the EST port answers, everything (CRLs included) is ready.
+    sock = bind(host, port)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra)

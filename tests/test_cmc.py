@@ -342,3 +342,31 @@ def test_cmc_failure(env: Env, case: str, status: int, fail: str, part: int | No
     if status == 401:
         assert headers["www-authenticate"].startswith("Basic")
     assert not any(cert.subject.rfc4514_string().startswith("CN=fail-") for cert in reply.certificates)
+
+
+def test_ok_openssl_signed_renewal_sent_with_curl(env: Env) -> None:
+    """Interop: OpenSSL's own CMS tooling signs the PKIData (``openssl cms -sign
+    -econtent_type id-cct-PKIData``), curl posts it, openssl reads the response."""
+    require_tool("openssl", "curl")
+    old_key, old_cert, _ = _enroll_tcr(env, "openssl-signed")
+    cp, kp = _files(env, "openssl-signed", old_key, old_cert)
+    new_key = generate_key("ec:P-256")
+    from estkit.protocol.cmc import ctl_transaction_id, encode_pkidata
+    pkidata, _ = encode_pkidata([ctl_transaction_id(2, 99)],
+                                [TaggedRequest(1, "tcr", build_csr(new_key, subject=old_cert.subject))])
+    (env.tmp / "pkidata.der").write_bytes(pkidata)
+    run(["openssl", "cms", "-sign", "-binary", "-nodetach", "-econtent_type", c.OID_CT_PKIDATA.dotted_string,
+         "-in", str(env.tmp / "pkidata.der"), "-signer", str(cp), "-inkey", str(kp), "-outform", "DER",
+         "-out", str(env.tmp / "req.der")])
+    (env.tmp / "req.b64").write_bytes(base64.b64encode((env.tmp / "req.der").read_bytes()) + b"\n")
+    out = run(["curl", "-sS", "--cacert", str(env.srv.ca_pem), "-H", f"Content-Type: {c.CT_CMC_REQUEST}",
+               "--data-binary", f"@{env.tmp / 'req.b64'}", "-o", str(env.tmp / "resp.b64"),
+               "-w", "%{http_code} %{content_type}", env.srv.url("fullcmc")]).stdout.decode()
+    assert out == f"200 {c.CT_CMC_RESPONSE}"
+    (env.tmp / "resp.der").write_bytes(base64.b64decode((env.tmp / "resp.b64").read_bytes()))
+    run(["openssl", "cms", "-verify", "-noverify", "-inform", "DER", "-in", str(env.tmp / "resp.der"),
+         "-certsout", str(env.tmp / "resp-certs.pem"), "-out", str(env.tmp / "pkiresponse.der")])
+    resp = decode_pkiresponse((env.tmp / "pkiresponse.der").read_bytes())
+    assert [(s.status, s.body_list) for s in resp.statuses] == [(SUCCESS, (1,))]
+    certs = x509.load_pem_x509_certificates((env.tmp / "resp-certs.pem").read_bytes())
+    assert any(x.public_key() == new_key.public_key() and x.subject == old_cert.subject for x in certs)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
@@ -179,7 +180,7 @@ class CmcService:
                     "or with the key of any request", 400)
 
     @staticmethod
-    def _request_key(kind: str, der: bytes) -> object | None:
+    def _request_key(kind: str, der: bytes) -> CertificatePublicKeyTypes | None:
         try:
             if kind == "tcr":
                 return load_csr(der).csr.public_key()
@@ -262,13 +263,13 @@ class CmcService:
             if not (crmf.pop == "signature" and crmf.pop_valid) and not (crmf.pop == "raVerified" and is_ra):
                 raise _Fail("popFailed", f"CRMF proof of possession {crmf.pop} is not acceptable "
                             "(a valid POPOSigningKey, or raVerified from an RA)", 400, (bpid,))
-            kt = key_type_of(crmf.public_key)  # type: ignore[arg-type]
+            kt = key_type_of(crmf.public_key)
             allowed = self.ca.profile(label).allowed_key_types
             if (kt.startswith("rsa:") and int(kt[4:]) < MIN_RSA_BITS) or kt not in allowed:
                 raise _Fail("badAlg", f"key type {kt} is not allowed (allowed: {', '.join(allowed)})", 400, (bpid,))
             info = CrmfInfo(csr=None, der=der, key_type=kt, signature_valid=True,  # type: ignore[arg-type]
                             challenge_password=None, crmf_subject=crmf.subject, crmf_san=crmf.san)
-            return self.ca.enroll(c.OP_FULLCMC, label, der, ctx, renew=renew, public_key=crmf.public_key,  # type: ignore[arg-type]
+            return self.ca.enroll(c.OP_FULLCMC, label, der, ctx, renew=renew, public_key=crmf.public_key,
                                   csr=info)
         except EstError as exc:
             raise _from_error(exc, (bpid,)) from None

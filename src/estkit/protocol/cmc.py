@@ -287,7 +287,7 @@ def encode_status_info_v2(info: StatusInfo) -> bytes:
         v["statusString"] = info.status_string
     if info.fail_info is not None:
         v["otherInfo"]["failInfo"] = info.fail_info
-    return encoder.encode(v)
+    return bytes(encoder.encode(v))
 
 
 def decode_status_info_v2(der: bytes) -> StatusInfo:
@@ -405,7 +405,7 @@ def decode_pkidata(der: bytes) -> PKIData:
 
 def encode_pkiresponse(controls: Sequence[Control]) -> bytes:
     """DER of a PKIResponse with these controls and empty cms/other sequences."""
-    ctl = encoder.encode(_tagged_attributes(controls))
+    ctl = bytes(encoder.encode(_tagged_attributes(controls)))
     body = ctl + b"\x30\x00\x30\x00"
     return b"\x30" + _len(len(body)) + body
 

@@ -78,7 +78,7 @@ class SignedContent:
 
 def key_identifier(public_key: CertificatePublicKeyTypes) -> bytes:
     """RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits."""
-    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest  # type: ignore[arg-type]
+    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest
 
 
 def key_identifiers(public_key: CertificatePublicKeyTypes, cert: x509.Certificate | None = None) -> set[bytes]:
@@ -155,7 +155,7 @@ def content_info(content_type: str, content_der: bytes) -> bytes:
     ci = rfc5652.ContentInfo()
     ci["contentType"] = univ.ObjectIdentifier(content_type)
     ci["content"] = univ.Any(content_der)
-    return encoder.encode(ci)
+    return bytes(encoder.encode(ci))
 
 
 def unwrap_content_info(der: bytes, expected: str | None = None) -> tuple[str, bytes]:

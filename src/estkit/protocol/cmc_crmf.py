@@ -96,7 +96,7 @@ def name_from_der(der: bytes) -> x509.Name:
     for tag, rdn, _w in read_tlvs(top[0][1]):
         if tag != 0x31:
             raise CmcError("malformed RelativeDistinguishedName")
-        attrs: list[x509.NameAttribute] = []
+        attrs: list[x509.NameAttribute[str]] = []
         for _t, atv, _w2 in read_tlvs(rdn):
             parts = read_tlvs(atv)
             if len(parts) != 2 or parts[0][0] != 0x06:

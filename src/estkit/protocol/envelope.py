@@ -78,7 +78,7 @@ def _shared_info(wrap_oid: str, key_len: int) -> bytes:
     si["keyInfo"] = _alg(wrap_oid)
     si["suppPubInfo"] = univ.OctetString((key_len * 8).to_bytes(4, "big")).subtype(
         explicitTag=tag.Tag(tag.tagClassContext, tag.tagFormatSimple, 2))
-    return encoder.encode(si)
+    return bytes(encoder.encode(si))
 
 
 def _kek(shared: bytes, hash_cls: Callable[[], hashes.HashAlgorithm], wrap_oid: str) -> bytes:
@@ -274,7 +274,7 @@ def serverkeygen_csr(key: CertificateIssuerPrivateKeyTypes, *, cn: str | None = 
         if value is not None:
             b = b.add_attribute(oid, value, _tag=_ASN1Type.OctetString)
     algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return b.sign(key, algo).public_bytes(Encoding.DER)  # type: ignore[arg-type]
+    return b.sign(key, algo).public_bytes(Encoding.DER)
 
 
 def decrypt_key_ids(csr: x509.CertificateSigningRequest) -> tuple[bytes | None, bytes | None]:

@@ -168,7 +168,10 @@ class CertificateAuthority:
                 # Recorded before it is returned: no record, no certificate.
                 self.store.record_issued(record, event)
                 return cert
-            except Conflict:
+            except Conflict as exc:
+                if not self._serial_taken(serial):
+                    log.error("cannot record issued certificate: %s", exc)
+                    raise InternalError("the certificate could not be recorded; nothing was issued") from None
                 log.warning("serial collision, drawing another")
             except StoreError as exc:
                 log.error("cannot record issued certificate: %s", exc)
@@ -227,6 +230,12 @@ class CertificateAuthority:
         decided = self.store.get_pending(request_id)
         assert decided is not None
         return decided
+
+    def _serial_taken(self, serial: int) -> bool:
+        try:
+            return self.store.serial_exists(serial)
+        except StoreError:
+            return False
 
     def _audit_quietly(self, event: AuditEvent) -> None:
         try:

@@ -88,6 +88,9 @@ class EstServer:
         """The aiohttp application."""
         app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
         app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
+        # Alias for clients that cannot put a CA label after /.well-known/est
+        # (strongSwan 5.9.8's pki has no --label; it appends the path to --url).
+        app.router.add_route("*", "/{prefix}" + c.WELL_KNOWN + "/{tail:[^/]+}", self._dispatch)
         return app
 
     # -- dispatch ----------------------------------------------------------------
@@ -103,7 +106,10 @@ class EstServer:
         raise NotFound("no such EST path")
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        label, opname = self._route(request.match_info["tail"])
+        tail = request.match_info["tail"]
+        if "prefix" in request.match_info:
+            tail = request.match_info["prefix"] + "/" + tail
+        label, opname = self._route(tail)
         info = request[_INFO]
         info["op"], info["label"] = opname, label or ""
         op = self.operations.get(opname)

@@ -26,12 +26,11 @@ from estkit.protocol.framing import decode_b64, media_type
 from estkit.server.auth import Authenticator, peer_of
 from estkit.server.wire import error_response, text_response
 
-__all__ = ["EstRequest", "Operation", "EstServer", "REQUEST_KEY"]
+__all__ = ["EstRequest", "Operation", "EstServer"]
 
 log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")
 
-REQUEST_KEY = web.AppKey("est_request_info", dict)  # type: ignore[var-annotated]
 _INFO = "estkit.info"
 
 

@@ -176,3 +176,20 @@ def test_ok_idle_keepalive_connections_do_not_block_others(tmp_path: Path) -> No
         finally:
             for s in idle:
                 s.close()
+
+
+def test_fail_trickled_body_gets_408(tmp_path: Path) -> None:
+    import socket
+
+    def configure(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["server"]["body_timeout_seconds"] = 1
+    with server(tmp_path / "data", users={"alice": "pw-alice"}, configure=configure) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s = srv.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Authorization: " + basic("alice", "pw-alice").encode() + b"\r\n"
+                  b"Content-Type: application/pkcs10\r\nContent-Length: 500\r\n\r\nMIIB")
+        reply = s.recv(65536)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 408") and reply.endswith(b"request body not received in time\n")
+        _enroll(srv, generate_key("ec:P-256"), "after-408")

@@ -263,3 +263,38 @@ def fresh_database(pg_url: str) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     eng.dispose()
     return pg_url.replace("/postgres?", f"/{name}?")
+
+
+@dataclass
+class Reply:
+    """An HTTP response as the tests look at it."""
+
+    status: int
+    headers: Any
+    body: bytes
+    tls_version: str | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def https(srv: ServerProcess, method: str, op: str, body: bytes | None = None, *, label: str | None = None,
+          headers: dict[str, str] | None = None, ctx: ssl.SSLContext | None = None, path: str | None = None,
+          csr_for_tls_unique: Any = None) -> Reply:
+    """One request on a fresh TLS connection to a ServerProcess.
+
+    ``csr_for_tls_unique`` is a callable given the connection's tls-unique and
+    returning the body to send on that same connection (RFC 7030 §3.5 linking)."""
+    import http.client
+    conn = http.client.HTTPSConnection("localhost", srv.port, context=ctx or srv.ssl_context(), timeout=30)
+    try:
+        conn.connect()
+        sock: ssl.SSLSocket = conn.sock  # type: ignore[assignment]
+        if csr_for_tls_unique is not None:
+            body = csr_for_tls_unique(sock.get_channel_binding("tls-unique"))
+        conn.request(method, path or srv.url(op, label).split(f":{srv.port}", 1)[1], body=body,
+                     headers=headers or {})
+        r = conn.getresponse()
+        return Reply(r.status, r.headers, r.read(), sock.version())
+    finally:
+        conn.close()

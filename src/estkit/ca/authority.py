@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
 from estkit.ca.passwords import VerifyCache
 from estkit.ca.policy import DEFAULT_POLICIES, EnrollRequest, RequestPolicy, check_result, shape_certificate
-from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, Store, StoreError
+from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, PendingRequest, Store, StoreError
 from estkit.ca.profile import Profile
 from estkit.ca.signer import Signer
-from estkit.errors import EstError, Forbidden, InternalError, NotFound, Unauthorized
+from estkit.errors import BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, Unauthorized
 from estkit.protocol import constants as c
 from estkit.protocol.csr import CsrInfo, general_names_text, load_csr
 from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
@@ -137,7 +137,10 @@ class CertificateAuthority:
         try:
             for step in self.policies:
                 step(req)
-            return self._issue(req, public_key if public_key is not None else info.csr.public_key())
+            key = public_key if public_key is not None else info.csr.public_key()
+            if profile.manual_approval:
+                return self._approval_gate(req, key)
+            return self._issue(req, key)
         except EstError as exc:
             if exc.status >= 400:
                 self._audit_quietly(AuditEvent(event="refused", identity=str(ctx.identity), peer=ctx.peer,
@@ -165,12 +168,74 @@ class CertificateAuthority:
                 # Recorded before it is returned: no record, no certificate.
                 self.store.record_issued(record, event)
                 return cert
-            except Conflict:
+            except Conflict as exc:
+                if not self._serial_taken(serial):
+                    log.error("cannot record issued certificate: %s", exc)
+                    raise InternalError("the certificate could not be recorded; nothing was issued") from None
                 log.warning("serial collision, drawing another")
             except StoreError as exc:
                 log.error("cannot record issued certificate: %s", exc)
                 raise InternalError("the certificate could not be recorded; nothing was issued") from None
         raise InternalError("could not draw a unique serial number")
+
+    # -- RFC 7030 §4.2.3 manual approval -------------------------------------
+
+    def _approval_gate(self, req: EnrollRequest, key: CertificatePublicKeyTypes) -> x509.Certificate:
+        """Hold the request for an operator: 202 + Retry-After until decided.
+        The same CSR from the same identity finds the same pending request."""
+        p, ctx, fp = req.profile, req.ctx, req.csr.fingerprint
+        who = str(ctx.identity)
+        pend = self.store.find_pending(who, p.label, fp)
+        if pend is not None and pend.status == "pending" and \
+                pend.created_at + timedelta(hours=p.pending_expiry_hours) <= req.now:
+            self.store.decide_pending(pend.id, "expired", "not decided in time", req.now, expected="pending")
+            pend = self.store.get_pending(pend.id)
+        if pend is None or pend.status == "expired":
+            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now)
+            self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
+                                           csr_fingerprint=fp, detail=f"{req.operation}: request {pend.id}"))
+        if pend.status == "pending":
+            raise Pending(f"request {pend.id} is waiting for approval", retry_after=p.pending_retry_after)
+        if pend.status == "rejected":
+            raise Forbidden(f"request {pend.id} was rejected: {pend.reason or 'no reason given'}")
+        if pend.status == "issued" and pend.serial is not None:
+            stored = self.store.get_certificate(pend.serial)
+            if stored is not None:  # the answer to an earlier retry was lost: send it again
+                return x509.load_der_x509_certificate(stored.der)
+        # Claim the approved request so concurrent retries issue one certificate.
+        if not self.store.decide_pending(pend.id, "issuing", pend.reason, req.now, expected="approved"):
+            raise Pending(f"request {pend.id} is being issued", retry_after=1)
+        try:
+            cert = self._issue(req, key)
+        except EstError:
+            self.store.decide_pending(pend.id, "approved", pend.reason, req.now, expected="issuing")
+            raise
+        self.store.decide_pending(pend.id, "issued", pend.reason, self.clock(), serial=cert.serial_number,
+                                  expected="issuing")
+        return cert
+
+    def decide_request(self, request_id: int, approve: bool, *, operator: str, reason: str = "") -> PendingRequest:
+        """An operator approves or rejects a pending request (audited)."""
+        pend = self.store.get_pending(request_id)
+        if pend is None:
+            raise NotFound(f"no request {request_id}")
+        if pend.status != "pending":
+            raise BadRequest(f"request {request_id} is {pend.status}, not pending")
+        status = "approved" if approve else "rejected"
+        if not self.store.decide_pending(request_id, status, reason, self.clock(), expected="pending"):
+            raise BadRequest(f"request {request_id} was decided meanwhile")
+        self._audit_quietly(AuditEvent(event=status, identity=f"operator:{operator}", peer="-", label=pend.label,
+                                       csr_fingerprint=pend.csr_fingerprint,
+                                       detail=f"request {request_id} of {pend.identity}" + (f": {reason}" if reason else "")))
+        decided = self.store.get_pending(request_id)
+        assert decided is not None
+        return decided
+
+    def _serial_taken(self, serial: int) -> bool:
+        try:
+            return self.store.serial_exists(serial)
+        except StoreError:
+            return False
 
     def _audit_quietly(self, event: AuditEvent) -> None:
         try:

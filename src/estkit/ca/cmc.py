@@ -69,9 +69,11 @@ class CrmfInfo(CsrInfo):
 
 
 class _Fail(Exception):
-    def __init__(self, fail: str, reason: str, http: int, body_parts: tuple[int, ...] = ()) -> None:
+    def __init__(self, fail: str, reason: str, http: int, body_parts: tuple[int, ...] = (),
+                 retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.fail, self.reason, self.http, self.body_parts = fail, reason, http, body_parts
+        self.retry_after = retry_after
 
 
 def _from_error(exc: EstError, bpid: tuple[int, ...]) -> _Fail:
@@ -81,7 +83,8 @@ def _from_error(exc: EstError, bpid: tuple[int, ...]) -> _Fail:
     if isinstance(exc, Forbidden):
         return _Fail("badIdentity", exc.reason, 403, bpid)
     if isinstance(exc, (Pending, ServiceUnavailable)):
-        return _Fail("tryLater", exc.reason, 503, bpid)
+        # A request held for manual approval (RFC 7030 §4.2.3): retry the same request later.
+        return _Fail("tryLater", exc.reason, 503, bpid, exc.retry_after)
     if exc.status >= 500:
         return _Fail("internalCAError", exc.reason, exc.status, bpid)
     low = exc.reason.lower()
@@ -113,11 +116,11 @@ class CmcService:
                 raise _from_error(auth_error, ())
             signer = self._signer(sc, pd)
             identity = self._identity(profile.label, pd, signer, ctx)
-            statuses, certs, http = self._process(label, pd, signer, identity, ctx)
+            statuses, certs, http, retry = self._process(label, pd, signer, identity, ctx)
         except _Fail as f:
             st = StatusInfo(FAILED, f.body_parts, f.reason, FAIL_INFO[f.fail])
-            return CmcOutcome(f.http, self._respond(issuing, echo, [st], []), statuses=(st,))
-        return CmcOutcome(http, self._respond(issuing, echo, statuses, certs), statuses=tuple(statuses))
+            return CmcOutcome(f.http, self._respond(issuing, echo, [st], []), f.retry_after, (st,))
+        return CmcOutcome(http, self._respond(issuing, echo, statuses, certs), retry, tuple(statuses))
 
     # -- decoding and identity ----------------------------------------------------
 
@@ -218,10 +221,10 @@ class CmcService:
     # -- requests and controls ------------------------------------------------------
 
     def _process(self, label: str | None, pd: PKIData, signer: Identity | None, identity: Identity,
-                 ctx: RequestContext) -> tuple[list[StatusInfo], list[x509.Certificate], int]:
+                 ctx: RequestContext) -> tuple[list[StatusInfo], list[x509.Certificate], int, int | None]:
         """Every request and action control; the HTTP status is that of the first failure."""
         statuses: list[StatusInfo] = []
-        https: list[int] = []
+        https: list[tuple[int, int | None]] = []
         certs: list[x509.Certificate] = []
         ok: list[int] = []
         cctx = RequestContext(identity=identity, client_cert=signer if signer is not None else ctx.client_cert,
@@ -234,7 +237,7 @@ class CmcService:
                 ok.append(r.body_part_id)
             except _Fail as f:
                 statuses.append(StatusInfo(FAILED, f.body_parts, f.reason, FAIL_INFO[f.fail]))
-                https.append(f.http)
+                https.append((f.http, f.retry_after))
         for ctl in pd.controls:
             try:
                 if ctl.oid == c.OID_CMC_REVOKE_REQUEST.dotted_string:
@@ -245,10 +248,11 @@ class CmcService:
                     ok.append(ctl.body_part_id)
             except _Fail as f:
                 statuses.append(StatusInfo(FAILED, f.body_parts, f.reason, FAIL_INFO[f.fail]))
-                https.append(f.http)
+                https.append((f.http, f.retry_after))
         if ok:
             statuses.insert(0, StatusInfo(SUCCESS, tuple(ok)))
-        return statuses, certs, https[0] if https else 200
+        http, retry = https[0] if https else (200, None)
+        return statuses, certs, http, retry
 
     def _enroll(self, label: str | None, kind: str, der: bytes, bpid: int, ctx: RequestContext, renew: bool,
                 is_ra: bool) -> x509.Certificate:

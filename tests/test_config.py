@@ -1,0 +1,66 @@
+"""Config validation: every bad key is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import estkit, read_config, write_config
+
+from estkit.config import ConfigError, load_config
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cfg") / "data"
+    estkit("init", "--dir", str(d))
+    return d
+
+
+def test_ok_init_config_loads(base_dir: Path) -> None:
+    cfg = load_config(base_dir)
+    assert cfg.server.default_label == "default" and "default" in cfg.labels
+    assert cfg.store_url.startswith("sqlite:////")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    pytest.param(lambda d: d["server"].update(lisen="x"), "server.lisen", id="fail/unknown-server-key"),
+    pytest.param(lambda d: d["server"].update(workers="two"), "server.workers", id="fail/wrong-type"),
+    pytest.param(lambda d: d["server"].update(listen="nowhere"), "server.listen", id="fail/bad-listen"),
+    pytest.param(lambda d: d["labels"]["default"].update(validity_dayz=3), "labels.default.validity_dayz",
+                 id="fail/unknown-label-key"),
+    pytest.param(lambda d: d["labels"]["default"].update(allowed_key_types=["dsa:1024"]), "labels.default",
+                 id="fail/bad-key-type"),
+    pytest.param(lambda d: d["labels"]["default"].update(key_usage=["sign_everything"]), "labels.default.key_usage",
+                 id="fail/bad-key-usage"),
+    pytest.param(lambda d: d["labels"]["default"].update(ca="nope"), "labels.default.ca", id="fail/unknown-ca"),
+    pytest.param(lambda d: d["labels"].update(cacerts={"ca": "default"}), "labels.cacerts",
+                 id="fail/label-is-operation-name"),
+    pytest.param(lambda d: d["server"].update(default_label="ghost"), "server.default_label",
+                 id="fail/default-label-missing"),
+    pytest.param(lambda d: d.update(extra={"a": 1}), "extra", id="fail/unknown-table"),
+    pytest.param(lambda d: d["cas"]["default"].pop("key"), "cas.default.key", id="fail/ca-key-missing"),
+])
+def test_config_errors_name_the_key(base_dir: Path, tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    doc = read_config(base_dir)
+    mutate(doc)
+    write_config(tmp_path, doc)
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path)
+    assert message in str(exc.value)
+
+
+def test_fail_serve_with_bad_config_is_a_clear_error(base_dir: Path, tmp_path: Path) -> None:
+    doc = read_config(base_dir)
+    doc["server"]["lisen"] = "127.0.0.1:1"
+    write_config(tmp_path, doc)
+    p = estkit("serve", "--dir", str(tmp_path), check=False)
+    assert p.returncode != 0 and b"server.lisen" in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_fail_init_refuses_to_overwrite(base_dir: Path) -> None:
+    before = (base_dir / "ca" / "root.key").read_bytes()
+    p = estkit("init", "--dir", str(base_dir), check=False)
+    assert p.returncode != 0 and b"refusing to overwrite" in p.stderr
+    assert (base_dir / "ca" / "root.key").read_bytes() == before
+    assert (base_dir / "ca" / "root.key").stat().st_mode & 0o777 == 0o600

@@ -50,6 +50,7 @@ def _configure(crl_port: int) -> Any:
         doc["labels"]["default"]["crl_url"] = f"http://127.0.0.1:{crl_port}/crl/default.crl"
         doc["labels"]["default"]["cmc_secrets_file"] = "cmc-secrets"
         doc["labels"]["ra"] = {**doc["labels"]["default"], "extended_key_usage": ["clientAuth", "cmcRA"]}
+        doc["labels"]["held"] = {**doc["labels"]["default"], "manual_approval": True, "pending_retry_after": 17}
     return conf
 
 
@@ -64,11 +65,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def _post(env: Env, der: bytes, *, auth: bool = False, ctx: ssl.SSLContext | None = None,
-          content_type: str = c.CT_CMC_REQUEST, label: str | None = None) -> tuple[int, dict[str, str], bytes]:
+          content_type: str = c.CT_CMC_REQUEST, label: str | None = None,
+          basic_auth: tuple[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPSConnection("localhost", env.srv.port, context=ctx or env.srv.ssl_context(), timeout=30)
     headers = {"Content-Type": content_type}
-    if auth:
-        headers["Authorization"] = basic(USER, PW)
+    if auth or basic_auth:
+        headers["Authorization"] = basic(*(basic_auth or (USER, PW)))
     path = f"/.well-known/est/{label}/fullcmc" if label else "/.well-known/est/fullcmc"
     conn.request("POST", path, body=base64.b64encode(der) + b"\n", headers=headers)
     r = conn.getresponse()
@@ -288,6 +290,24 @@ def _case(env: Env, case: str) -> tuple[bytes, dict[str, Any]]:
     if case == "get-unknown-cert":
         okey, ocert, _ = _enroll_tcr(env, "getcert-asker")
         return build_cmc_request(okey, controls=[ctl_get_cert(1, ocert.issuer, 0x7654321)], signer_cert=ocert).der, {}
+    if case == "wrong-basic-password":
+        return build_cmc_request(key, requests=tcr).der, {"basic_auth": (USER, "wrong")}
+    if case == "proof-bad-alg":
+        from pyasn1.codec.der import encoder
+        from pyasn1.type import univ
+        from pyasn1_modules import rfc6402
+        v = rfc6402.IdentifyProofV2()
+        v["proofAlgID"]["algorithm"] = univ.ObjectIdentifier("1.3.14.3.2.26")  # SHA-1
+        v["macAlgId"]["algorithm"] = univ.ObjectIdentifier("1.2.840.113549.2.7")  # HMAC-SHA1
+        v["witness"] = b"\x00" * 20
+        ctl = Control(6, c.OID_CMC_IDENTITY_PROOF_V2.dotted_string, (encoder.encode(v),))
+        return build_cmc_request(key, requests=tcr, controls=[ctl]).der, {}
+    if case == "crmf-key-not-allowed":
+        k521 = generate_key("ec:P-521")
+        crm = build_crmf(k521, cert_req_id=1, subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p521")]))
+        return build_cmc_request(k521, requests=[TaggedRequest(1, "crm", crm)]).der, {"auth": True}
+    if case == "held-for-approval":
+        return build_cmc_request(key, requests=tcr).der, {"auth": True, "label": "held"}
     if case == "empty-pkidata":
         return build_cmc_request(key).der, {"auth": True}
     raise AssertionError(case)
@@ -324,6 +344,10 @@ FAILURES = [
     ("revoke-unknown-serial", 404, "badCertId", 1, "no certificate with serial 1234567"),
     ("get-unknown-cert", 404, "badCertId", 1, "no certificate with serial 7654321"),
     ("empty-pkidata", 400, "badRequest", None, "asks for nothing"),
+    ("wrong-basic-password", 401, "badIdentity", None, "wrong user name or password"),
+    ("proof-bad-alg", 400, "badAlg", 6, "SHA-256 and HMAC-SHA256"),
+    ("crmf-key-not-allowed", 400, "badAlg", 1, "key type ec:P-521 is not allowed"),
+    ("held-for-approval", 503, "tryLater", 1, "waiting for approval"),
 ]
 
 
@@ -341,6 +365,8 @@ def test_cmc_failure(env: Env, case: str, status: int, fail: str, part: int | No
         assert part in failed[0].body_list
     if status == 401:
         assert headers["www-authenticate"].startswith("Basic")
+    if fail == "tryLater":
+        assert headers["retry-after"] == "17"
     assert not any(cert.subject.rfc4514_string().startswith("CN=fail-") for cert in reply.certificates)
 
 

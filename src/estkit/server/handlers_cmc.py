@@ -4,6 +4,8 @@ HTTP status, so the body is decoded by the CA service, not by the dispatcher."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from estkit.ca.cmc import CmcOutcome, CmcService
@@ -23,7 +25,10 @@ def register_cmc(server: EstServer, cmc: CmcService) -> None:
     certificate of this CA, identityProofV2), so it is not required up front."""
 
     async def fullcmc(srv: EstServer, req: EstRequest) -> web.StreamResponse:
-        body = await req.http.read()
+        try:  # a peer trickling its body must not hold the request forever
+            body = await asyncio.wait_for(req.http.read(), srv.body_timeout)
+        except TimeoutError:
+            raise EstError("request body not received in time", status=408) from None
         auth_error: EstError | None = None
         try:
             ctx = await srv.auth.context(req.http, require=False)

@@ -396,3 +396,23 @@ def test_ok_openssl_signed_renewal_sent_with_curl(env: Env) -> None:
     assert [(s.status, s.body_list) for s in resp.statuses] == [(SUCCESS, (1,))]
     certs = x509.load_pem_x509_certificates((env.tmp / "resp-certs.pem").read_bytes())
     assert any(x.public_key() == new_key.public_key() and x.subject == old_cert.subject for x in certs)
+
+
+def test_fail_store_refuses_record_is_internal_ca_error(env: Env) -> None:
+    """A real store failure (an SQLite trigger refusing one subject) is
+    internalCAError with 500, and nothing is issued."""
+    import sqlite3
+    db = sqlite3.connect(env.srv.dir / "estkit.db")
+    db.execute("CREATE TRIGGER refuse_one BEFORE INSERT ON certificates WHEN NEW.subject = 'CN=fail-internal' "
+               "BEGIN SELECT RAISE(ABORT, 'injected store failure'); END")
+    db.commit()
+    try:
+        key = generate_key("ec:P-256")
+        req = build_cmc_request(key, requests=[TaggedRequest(1, "tcr", build_csr(key, cn="fail-internal"))])
+        reply = _reply(env, *_post(env, req.der, auth=True), expect=500)
+        assert reply.statuses[0].fail_info == FAIL_INFO["internalCAError"] and reply.statuses[0].body_list == (1,)
+        assert reply.certificate_for(key.public_key()) is None
+    finally:
+        db.execute("DROP TRIGGER refuse_one")
+        db.commit()
+        db.close()

@@ -153,3 +153,43 @@ def test_ok_quickstart_prints_a_working_curl_command(tmp_path: Path) -> None:
     # second run: no new CA, same password
     again = run([ESTKIT, "user", "list", "--dir", str(d)]).stdout.decode()
     assert again.startswith("demo\t")
+
+
+def test_ok_idle_keepalive_connections_do_not_block_others(tmp_path: Path) -> None:
+    """libest's server stops answering anyone with 5 idle keep-alive connections open; estkit must not."""
+    import socket
+    import ssl
+    with server(tmp_path / "data", users={"alice": "pw-alice"}) as srv:
+        idle: list[ssl.SSLSocket] = []
+        try:
+            for _ in range(40):
+                raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+                s = srv.ssl_context().wrap_socket(raw, server_hostname="localhost")
+                s.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                s.recv(65536)  # one answered request, then the connection idles with keep-alive
+                idle.append(s)
+            half = socket.create_connection(("127.0.0.1", srv.port), timeout=5)  # a TCP connection that never handshakes
+            started = time.monotonic()
+            _enroll(srv, generate_key("ec:P-256"), "not-blocked")
+            assert time.monotonic() - started < 5
+            half.close()
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_fail_trickled_body_gets_408(tmp_path: Path) -> None:
+    import socket
+
+    def configure(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["server"]["body_timeout_seconds"] = 1
+    with server(tmp_path / "data", users={"alice": "pw-alice"}, configure=configure) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s = srv.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Authorization: " + basic("alice", "pw-alice").encode() + b"\r\n"
+                  b"Content-Type: application/pkcs10\r\nContent-Length: 500\r\n\r\nMIIB")
+        reply = s.recv(65536)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 408") and reply.endswith(b"request body not received in time\n")
+        _enroll(srv, generate_key("ec:P-256"), "after-408")

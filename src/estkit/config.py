@@ -34,6 +34,7 @@ class ServerConfig:
     tls_key: str = "tls/server.key"
     bootstrap_trust: tuple[str, ...] = ()
     max_body_bytes: int = 65536
+    body_timeout_seconds: int = 30
     workers: int = 0
     default_label: str = "default"
     realm: str = "estkit"
@@ -124,8 +125,9 @@ def load_config(directory: Path) -> Config:
             raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels)")
 
     server = ServerConfig(**_check("server", _table(doc, "server"), ServerConfig))
-    if server.max_body_bytes <= 0 or server.workers < 0:
-        raise ConfigError("'server.max_body_bytes' must be positive and 'server.workers' not negative")
+    if server.max_body_bytes <= 0 or server.workers < 0 or server.body_timeout_seconds <= 0:
+        raise ConfigError("'server.max_body_bytes' and 'server.body_timeout_seconds' must be positive, "
+                          "'server.workers' not negative")
     _split_listen(server.listen, "server.listen")
 
     store = _table(doc, "store")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 
@@ -17,7 +19,10 @@ from estkit.protocol.keys import check_key_type_name
 __all__ = ["main", "cli", "DirOption"]
 
 
-def _dir_option(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _dir_option(f: F) -> F:
     return click.option("--dir", "directory", default=None, metavar="DIR",
                         help="Data directory (default: $ESTKIT_DIR, then ./estkit-data).")(f)
 

@@ -62,6 +62,6 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     """The EST server with every operation this build offers."""
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
-                       access_log=config.server.access_log)
+                       access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
     return server

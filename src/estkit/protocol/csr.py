@@ -102,7 +102,7 @@ def build_csr(
     for oid, value in extra_attributes:
         builder = builder.add_attribute(oid, value)
     algo = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
-    return builder.sign(key, algo).public_bytes(Encoding.DER)  # type: ignore[arg-type]
+    return builder.sign(key, algo).public_bytes(Encoding.DER)
 
 
 def general_names_text(san: x509.SubjectAlternativeName | None) -> list[str]:

@@ -98,7 +98,7 @@ def encode_csrattrs(entries: Sequence[CsrAttribute]) -> bytes:
         else:
             choice["oid"] = univ.ObjectIdentifier(e.oid)
         seq[i] = choice
-    return encoder.encode(seq)
+    return bytes(encoder.encode(seq))
 
 
 def decode_csrattrs(der: bytes) -> CsrAttrs:

@@ -26,12 +26,11 @@ from estkit.protocol.framing import decode_b64, media_type
 from estkit.server.auth import Authenticator, peer_of
 from estkit.server.wire import error_response, text_response
 
-__all__ = ["EstRequest", "Operation", "EstServer", "REQUEST_KEY"]
+__all__ = ["EstRequest", "Operation", "EstServer"]
 
 log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")
 
-REQUEST_KEY = web.AppKey("est_request_info", dict)  # type: ignore[var-annotated]
 _INFO = "estkit.info"
 
 
@@ -66,11 +65,12 @@ class EstServer:
     """The aiohttp application around a CertificateAuthority."""
 
     def __init__(self, ca: CertificateAuthority, *, realm: str = "estkit", max_body: int = 65536,
-                 access_log: bool = True) -> None:
+                 access_log: bool = True, body_timeout: float = 30.0) -> None:
         self.ca = ca
         self.realm = realm
         self.max_body = max_body
         self.access_log = access_log
+        self.body_timeout = body_timeout  # a peer trickling its body must not hold a request forever
         self.auth = Authenticator(ca, realm)
         self.operations: dict[str, Operation] = {}
 
@@ -131,7 +131,11 @@ class EstServer:
             if mt not in op.content_types:
                 raise UnsupportedMediaType(f"{opname} takes {' or '.join(op.content_types)}, not {mt or 'nothing'}")
             # RFC 8951 §3: base64 whatever Content-Transfer-Encoding says.
-            der = decode_b64(await request.read(), "request body")
+            try:
+                body = await asyncio.wait_for(request.read(), self.body_timeout)
+            except TimeoutError:
+                raise EstError("request body not received in time", status=408) from None
+            der = decode_b64(body, "request body")
         return await op.handler(self, EstRequest(request, label, opname, ctx, der))
 
     @web.middleware

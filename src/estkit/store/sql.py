@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -27,10 +27,10 @@ from estkit.store.models import Audit, Certificate, Pending, User
 
 __all__ = ["SqlStore", "open_store", "migrate"]
 
-_CERTS = Certificate.__table__
-_USERS = User.__table__
-_AUDIT = Audit.__table__
-_PENDING = Pending.__table__
+_CERTS: Table = Certificate.__table__  # type: ignore[assignment]
+_USERS: Table = User.__table__  # type: ignore[assignment]
+_AUDIT: Table = Audit.__table__  # type: ignore[assignment]
+_PENDING: Table = Pending.__table__  # type: ignore[assignment]
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 

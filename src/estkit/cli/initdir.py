@@ -89,7 +89,7 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     root_key = generate_key(key_type)
     root_signer = KeySigner(root_key)
     root = make_ca_certificate(ca_name(common_name), root_key.public_key(), root_signer,
-                               path_length=1 if intermediate else 0)
+                               path_length=1)  # room for an intermediate or a rollover link certificate
     write_private_key(directory / "ca/root.key", root_key, passphrase)
     _write(directory / "ca/root.pem", _pem(root))
     written += [directory / "ca/root.key", directory / "ca/root.pem"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
 
 import click
 from cryptography import x509
@@ -19,10 +18,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from estkit.ca.create import make_ca_certificate, make_tls_certificate
-from estkit.ca.ports import AuditEvent, IssuedCert
 from estkit.ca.signer import KeySigner, load_signer, write_private_key
+from estkit.cli.initdir import record_server_certificate
 from estkit.config import ConfigError
-from estkit.protocol.csr import csr_fingerprint, general_names_text
+from estkit.protocol.csr import general_names_text
 from estkit.protocol.keys import generate_key, key_type_of
 
 __all__ = ["register", "set_toml_key"]
@@ -114,17 +113,8 @@ def rollover(directory: str | None, ca_name: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, cfg.dir / "config.toml")
 
-    store = build_store(cfg)
-    der = tls_cert.public_bytes(Encoding.DER)
-    store.record_issued(IssuedCert(
-        serial=tls_cert.serial_number, ca=ca_name, label="-", subject=tls_cert.subject.rfc4514_string(),
-        sans=tuple(general_names_text(tls_cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value)),
-        not_before=tls_cert.not_valid_before_utc, not_after=tls_cert.not_valid_after_utc,
-        requester="estkit ca rollover", key_type="ec:P-256", csr_fingerprint=csr_fingerprint(der), der=der),
-        AuditEvent(event="rollover", identity="estkit ca rollover", peer="-", label="-",
-                   serial=tls_cert.serial_number, detail=f"CA {ca_name}: new root {new_name.rfc4514_string()}",
-                   at=datetime.now(UTC)))
+    record_server_certificate(build_store(cfg), tls_cert, ca=ca_name, requester="estkit ca rollover",
+                              event="rollover", detail=f"CA {ca_name}: new root {new_name.rfc4514_string()}")
     click.echo(f"rolled over CA {ca_name}: new root {new_name.rfc4514_string()} in ca/root-{gen}.pem; "
                f"restart the server. {trust} now holds the new and the old root.")
 

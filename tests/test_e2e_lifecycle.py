@@ -193,3 +193,38 @@ def test_fail_trickled_body_gets_408(tmp_path: Path) -> None:
         s.close()
         assert reply.startswith(b"HTTP/1.1 408") and reply.endswith(b"request body not received in time\n")
         _enroll(srv, generate_key("ec:P-256"), "after-408")
+
+
+def test_ok_two_nodes_share_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """Several nodes: same CA files, one PostgreSQL; a certificate issued by one node renews on the other
+    and concurrent enrollments on both never collide."""
+    import shutil
+    import threading
+    env = {"ESTKIT_STORE_URL": fresh_database(pg_url)}
+    a_dir, b_dir = tmp_path / "node-a", tmp_path / "node-b"
+    run([ESTKIT, "init", "--dir", str(a_dir)], env=env)
+    shutil.copytree(a_dir, b_dir)
+    with server(a_dir, users={"alice": "pw-alice"}, env=env) as a, server(b_dir, env=env) as b:
+        key = generate_key("ec:P-256")
+        cert = _enroll(a, key, "roaming")
+        cpath, kpath = _save(tmp_path, key, cert)
+        r = https(b, "POST", "simplereenroll", base64.b64encode(build_csr(key, cn="roaming")) + b"\n",
+                  headers=PKCS10, ctx=b.ssl_context(cpath, kpath))
+        assert r.status == 200, r.body
+        issued: list[int] = []
+
+        def burst(node: ServerProcess, n: int) -> None:
+            for i in range(n):
+                issued.append(_enroll(node, generate_key("ec:P-256"), f"{node.port}-{i}").serial_number)
+        threads = [threading.Thread(target=burst, args=(node, 6)) for node in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(issued) == 24 and len(set(issued)) == 24
+    from sqlalchemy import create_engine, text
+    eng = create_engine(env["ESTKIT_STORE_URL"])
+    with eng.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM certificates WHERE label='default'")).scalar()
+    eng.dispose()
+    assert count == 26

@@ -52,6 +52,9 @@ class CaConfig:
     key: str
     chain: tuple[str, ...] = ()
     key_passphrase_env: str = ""
+    # Served by /cacerts besides the chain: after a root key rollover the old
+    # root and the OldWithNew / NewWithOld link certificates (RFC 7030 §4.1.3).
+    extra_certs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,18 @@ class IssuingCA:
     cert: x509.Certificate
     signer: Signer
     chain: tuple[x509.Certificate, ...] = ()
+    # Root key rollover (RFC 4210 §4.4): OldWithOld, OldWithNew, NewWithOld.
+    extra: tuple[x509.Certificate, ...] = ()
 
     @property
     def certificates(self) -> tuple[x509.Certificate, ...]:
         """This CA and every certificate up to and including the root."""
         return (self.cert, *self.chain)
+
+    @property
+    def published(self) -> tuple[x509.Certificate, ...]:
+        """What /cacerts returns: the chain plus any rollover certificates."""
+        return (*self.certificates, *self.extra)
 
 
 class CertificateAuthority:
@@ -68,9 +75,13 @@ class CertificateAuthority:
         self.policies = list(policies)
         self.clock = clock
         self._passwords = VerifyCache()
-        self._cacerts = {name: certs_only(ca.certificates) for name, ca in self.cas.items()}
-        self._ours = {ca_cert.subject.public_bytes(): ca_cert
-                      for ca in self.cas.values() for ca_cert in ca.certificates}
+        self._cacerts = {name: certs_only(ca.published) for name, ca in self.cas.items()}
+        # Certificates issued by any CA key of ours (the old root's too, after a rollover).
+        self._ours: dict[bytes, list[x509.Certificate]] = {}
+        for ca in self.cas.values():
+            for ca_cert in ca.published:
+                if _is_ca(ca_cert):
+                    self._ours.setdefault(ca_cert.subject.public_bytes(), []).append(ca_cert)
 
     # -- lookups --------------------------------------------------------------
 
@@ -87,6 +98,9 @@ class CertificateAuthority:
         for ca in self.cas.values():
             for cert in ca.certificates:
                 seen[cert.public_bytes(Encoding.DER)] = cert
+            for cert in ca.extra:  # an old root stays trusted for the certificates it issued
+                if cert.issuer == cert.subject:
+                    seen[cert.public_bytes(Encoding.DER)] = cert
         return list(seen.values())
 
     # -- RFC 7030 §4.1 /cacerts -------------------------------------------------
@@ -266,8 +280,8 @@ class CertificateAuthority:
         except ValueError:
             raise Unauthorized("unreadable client certificate") from None
         name = cert.subject.rfc4514_string()
-        issuer = self._ours.get(cert.issuer.public_bytes())
-        if issuer is not None and _issued_by(cert, issuer):
+        issuers = self._ours.get(cert.issuer.public_bytes(), [])
+        if any(_issued_by(cert, issuer) for issuer in issuers):
             stored = self.store.get_certificate(cert.serial_number)
             if stored is None or stored.der != der:
                 raise Forbidden("client certificate is not known to this CA")
@@ -284,6 +298,13 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         cert.verify_directly_issued_by(issuer)
         return True
     except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
         return False
 
 

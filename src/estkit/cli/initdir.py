@@ -11,14 +11,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.create import ca_name, make_ca_certificate, make_tls_certificate
-from estkit.ca.ports import AuditEvent, IssuedCert
+from estkit.ca.ports import AuditEvent, CertStore, IssuedCert
 from estkit.ca.signer import KeySigner, write_private_key
 from estkit.config import CONFIG_NAME
 from estkit.protocol.csr import csr_fingerprint, general_names_text
 from estkit.protocol.keys import generate_key, key_type_of
 from estkit.store import open_store
 
-__all__ = ["init_dir", "InitError"]
+__all__ = ["init_dir", "InitError", "record_server_certificate"]
 
 
 class InitError(Exception):
@@ -71,6 +71,20 @@ require_linking = false
 {crl_url}"""
 
 
+def record_server_certificate(store: CertStore, cert: x509.Certificate, *, ca: str, requester: str,
+                              detail: str, event: str = "issued") -> None:
+    """Record a certificate the CLI signed outside EST (the TLS server's), with its audit event."""
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    der = cert.public_bytes(Encoding.DER)
+    store.record_issued(IssuedCert(
+        serial=cert.serial_number, ca=ca, label="-", subject=cert.subject.rfc4514_string(),
+        sans=tuple(general_names_text(san)), not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc, requester=requester, key_type=key_type_of(cert.public_key()),
+        csr_fingerprint=csr_fingerprint(der), der=der),
+        AuditEvent(event=event, identity=requester, peer="-", label="-", serial=cert.serial_number,
+                   detail=detail, at=datetime.now(UTC)))
+
+
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
              passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "") -> list[Path]:
@@ -90,7 +104,7 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     root_key = generate_key(key_type)
     root_signer = KeySigner(root_key)
     root = make_ca_certificate(ca_name(common_name), root_key.public_key(), root_signer,
-                               path_length=1 if intermediate else 0)
+                               path_length=1)  # room for an intermediate or a rollover link certificate
     write_private_key(directory / "ca/root.key", root_key, passphrase)
     _write(directory / "ca/root.pem", _pem(root))
     written += [directory / "ca/root.key", directory / "ca/root.pem"]
@@ -126,15 +140,8 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     # Every certificate this CA signs is recorded, the server's own included.
     store = open_store(os.environ.get("ESTKIT_STORE_URL")
                        or "sqlite:///" + str((directory / "estkit.db").resolve()))
-    san = tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    der = tls_cert.public_bytes(Encoding.DER)
-    store.record_issued(IssuedCert(
-        serial=tls_cert.serial_number, ca="default", label="-", subject=tls_cert.subject.rfc4514_string(),
-        sans=tuple(general_names_text(san)), not_before=tls_cert.not_valid_before_utc,
-        not_after=tls_cert.not_valid_after_utc, requester="estkit init", key_type=key_type_of(tls_key.public_key()),
-        csr_fingerprint=csr_fingerprint(der), der=der),
-        AuditEvent(event="issued", identity="estkit init", peer="-", label="-", serial=tls_cert.serial_number,
-                   detail="TLS server certificate", at=datetime.now(UTC)))
+    record_server_certificate(store, tls_cert, ca="default", requester="estkit init",
+                              detail="TLS server certificate")
     store.close()
     written.append(directory / "estkit.db")
     return written

@@ -56,7 +56,9 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
             raise ConfigError(f"'cas.{name}.key': {exc}") from None
         if signer.public_key() != certs[0].public_key():
             raise ConfigError(f"'cas.{name}': the key does not match the certificate {cc.cert}")
-        cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain))
+        extra = [c for p in cc.extra_certs for c in load_pem_certs(config.path(p))]
+        cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain),
+                              extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
                                 default_label=config.server.default_label)
 

@@ -20,7 +20,7 @@ from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, Unauthorized
 
-__all__ = ["ssl_object", "peer_of", "basic_credentials", "build_context", "Authenticator"]
+__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "ExtraAuth"]
 
 # A hook that can authenticate a request by other means (HTTP Digest): returns
 # an identity, None when the request carries no such credentials, or raises Unauthorized.

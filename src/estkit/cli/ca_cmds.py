@@ -1,0 +1,126 @@
+"""``estkit ca rollover``: a new root key with the RFC 4210 §4.4 link certificates.
+
+After a rollover /cacerts serves NewWithNew, OldWithOld, OldWithNew and
+NewWithOld (RFC 7030 §4.1.3), new certificates are issued under the new root,
+the old root stays trusted for client certificates it issued, and the TLS
+server certificate is re-issued under the new root with NewWithOld in its
+chain, so clients that trust only the old root still authenticate the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from estkit.ca.create import make_ca_certificate, make_tls_certificate
+from estkit.ca.signer import KeySigner, load_signer, write_private_key
+from estkit.cli.initdir import record_server_certificate
+from estkit.config import ConfigError
+from estkit.protocol.csr import general_names_text
+from estkit.protocol.keys import generate_key, key_type_of
+
+__all__ = ["register", "set_toml_key"]
+
+
+def set_toml_key(text: str, table: str, key: str, literal: str) -> str:
+    """Set ``key = literal`` inside ``[table]`` of a TOML text, keeping comments."""
+    header = re.compile(rf"^\[{re.escape(table)}\]\s*(#.*)?$", re.M)
+    m = header.search(text)
+    if m is None:
+        raise ConfigError(f"table [{table}] not found in the config")
+    end = re.compile(r"^\[", re.M).search(text, m.end())
+    stop = end.start() if end else len(text)
+    body = text[m.end():stop]
+    line = re.compile(rf"^{re.escape(key)}\s*=.*?(\s+#.*)?$", re.M)
+    if line.search(body):
+        body = line.sub(lambda mm: f"{key} = {literal}" + (mm.group(1) or ""), body, count=1)
+    else:
+        body = f"\n{key} = {literal}" + body
+    return text[:m.end()] + body + text[stop:]
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+def _quote(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+@click.group("ca")
+def ca_group() -> None:
+    """CA key management."""
+
+
+@ca_group.command("rollover")
+@click.option("--dir", "directory", default=None, metavar="DIR", help="Data directory.")
+@click.option("--ca", "ca_name", default="default", show_default=True, help="Which [cas.NAME] to roll over.")
+def rollover(directory: str | None, ca_name: str) -> None:
+    """Replace a root CA's key: new root, link certificates, new TLS certificate."""
+    from estkit.cli.main import _config
+    from estkit.cli.wiring import build_store, load_pem_certs, passphrase_for
+    cfg = _config(directory)
+    cc = cfg.cas.get(ca_name)
+    if cc is None:
+        raise click.ClickException(f"no CA {ca_name!r} in the config")
+    old = load_pem_certs(cfg.path(cc.cert))[0]
+    if cc.chain or old.issuer != old.subject:
+        raise click.ClickException("rollover replaces a root that issues directly; with an intermediate, "
+                                   "issue a new intermediate instead")
+    passphrase = passphrase_for(cc)
+    old_signer = load_signer(cfg.path(cc.key), passphrase)
+    gen = 2
+    while (cfg.dir / f"ca/root-{gen}.pem").exists():
+        gen += 1
+    new_key = generate_key(key_type_of(old.public_key()))
+    new_signer = KeySigner(new_key)
+    cn = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    base = re.sub(r" G\d+$", "", str(cn[0].value) if cn else "estkit Root CA")
+    new_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{base} G{gen}")])
+    new_root = make_ca_certificate(new_name, new_key.public_key(), new_signer, path_length=1)
+    old_with_new = make_ca_certificate(old.subject, old_signer.public_key(), new_signer, issuer=new_root, path_length=0)
+    new_with_old = make_ca_certificate(new_name, new_key.public_key(), old_signer, issuer=old, path_length=0)
+
+    write_private_key(cfg.dir / f"ca/root-{gen}.key", new_key, passphrase)
+    (cfg.dir / f"ca/root-{gen}.pem").write_bytes(_pem(new_root))
+    (cfg.dir / f"ca/rollover-{gen}.pem").write_bytes(_pem(old, old_with_new, new_with_old))
+
+    old_tls = load_pem_certs(cfg.path(cfg.server.tls_cert))[0]
+    names = [n.split(":", 1)[1] for n in general_names_text(
+        old_tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)]
+    tls_key = generate_key("ec:P-256")
+    tls_cert = make_tls_certificate(tls_key, new_root, new_signer, names)
+    write_private_key(cfg.dir / f"tls/server-{gen}.key", tls_key)
+    (cfg.dir / f"tls/server-{gen}.pem").write_bytes(_pem(tls_cert, new_with_old))
+
+    # Clients keep trusting the old root and learn the new one.
+    trust = cfg.dir / "ca.pem"
+    trust.write_bytes(_pem(new_root) + (trust.read_bytes() if trust.exists() else b""))
+
+    text = (cfg.dir / "config.toml").read_text()
+    extra = list(cc.extra_certs) + [f"ca/rollover-{gen}.pem"]
+    text = set_toml_key(text, f"cas.{ca_name}", "cert", f'"ca/root-{gen}.pem"')
+    text = set_toml_key(text, f"cas.{ca_name}", "key", f'"ca/root-{gen}.key"')
+    text = set_toml_key(text, f"cas.{ca_name}", "extra_certs", _quote(extra))
+    text = set_toml_key(text, "server", "tls_cert", f'"tls/server-{gen}.pem"')
+    text = set_toml_key(text, "server", "tls_key", f'"tls/server-{gen}.key"')
+    tmp = cfg.dir / "config.toml.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, cfg.dir / "config.toml")
+
+    record_server_certificate(build_store(cfg), tls_cert, ca=ca_name, requester="estkit ca rollover",
+                              event="rollover", detail=f"CA {ca_name}: new root {new_name.rfc4514_string()}")
+    click.echo(f"rolled over CA {ca_name}: new root {new_name.rfc4514_string()} in ca/root-{gen}.pem; "
+               f"restart the server. {trust} now holds the new and the old root.")
+
+
+def register(cli: click.Group) -> None:
+    """Add ``estkit ca``."""
+    cli.add_command(ca_group)
+
+

@@ -228,3 +228,14 @@ def test_ok_two_nodes_share_one_postgresql(tmp_path: Path, pg_url: str) -> None:
         count = conn.execute(text("SELECT count(*) FROM certificates WHERE label='default'")).scalar()
     eng.dispose()
     assert count == 26
+
+
+def test_ok_sigterm_right_after_listening_is_a_clean_stop(tmp_path: Path) -> None:
+    """The port accepts connections before the workers install their handlers; a stop
+    signal in that window is held, not fatal (exit 0, not -15)."""
+    run([ESTKIT, "init", "--dir", str(tmp_path / "data")])
+    for _ in range(8):
+        srv = ServerProcess(tmp_path / "data").start()
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0, srv.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 from estkit.cli.wiring import build_authority, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
@@ -39,6 +40,8 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
         extra.append((lambda: crl_app(revocation), crl_sock))
         log.info("serving CRLs on http://%s:%d%s/<ca>.crl", crl_host, crl_sock.getsockname()[1], CRL_PATH)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
+    # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     sock = bind(host, port)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)

@@ -21,6 +21,7 @@ from aiohttp import web
 __all__ = ["serve", "bind"]
 
 log = logging.getLogger("estkit.server")
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -37,6 +38,8 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A SIGTERM that arrived while starting was held (see serve); deliver it now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     runners: list[web.AppRunner] = []
     for factory, s, ctx in [(make_app, sock, ssl_ctx), *[(f, s2, None) for f, s2 in extra_sites]]:
         runner = web.AppRunner(factory(), access_log=None, handle_signals=False)
@@ -60,6 +63,9 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
           on_ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+    # The socket already accepts connections: hold stop signals until handlers
+    # exist, so a stop right after start is still a clean stop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     extra = extra_sites or []
     if workers <= 1:
         if on_ready:
@@ -94,6 +100,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if on_ready:
         on_ready()
     status = 0

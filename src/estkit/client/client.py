@@ -22,8 +22,8 @@ from estkit.client.auth import ClientCertificate, PasswordAuth
 from estkit.client.bootstrap import BootstrapOffer, Confirm
 from estkit.client.csrspec import CsrInput, CsrSpec, load_csr_input, spec_from_certificate
 from estkit.client.errors import ProtocolError, TrustError
-from estkit.client.responses import (certificates, error_from, issued_certificate, load_server_key,
-                                     parse_retry_after, payload_der, public_der)
+from estkit.client.responses import (certificates, error_from, issued_certificate, parse_retry_after, payload_der,
+                                     read_serverkeygen)
 from estkit.client.transport import BodyFor, Endpoint, Response, Transport
 from estkit.errors import BadRequest, Pending
 from estkit.protocol import constants as c
@@ -32,7 +32,6 @@ from estkit.protocol.csrattrs import CsrAttrs, decode_csrattrs, key_types_from
 from estkit.protocol.envelope import unwrap_server_key
 from estkit.protocol.framing import encode_b64
 from estkit.protocol.keys import generate_key, key_type_of
-from estkit.protocol.multipart import KEY_ENCRYPTED, parse_serverkeygen
 
 __all__ = ["EstClient", "PendingWait", "Trust", "DEFAULT_KEY_TYPE"]
 
@@ -249,19 +248,7 @@ class EstClient:
             key_id = _key_identifier(self.client_cert.certificate())
         body_for, _pub, tls12, _k = self._csr_body(spec, link, decrypt_key_id=key_id)
         resp = self.request("POST", c.OP_SERVERKEYGEN, body_for=body_for, content_type=c.CT_PKCS10, tls12=tls12)
-        try:
-            parts = parse_serverkeygen(resp.body, resp.header("Content-Type"))
-        except BadRequest as exc:
-            raise ProtocolError(f"serverkeygen response: {exc.reason}") from None
-        key_der = parts.key_der
-        if parts.key_kind == KEY_ENCRYPTED:
-            key_der = self._open_server_key(key_der)
-        key = load_server_key(key_der)
-        want = public_der(key.public_key())
-        cert = next((ct for ct in parts.certificates if public_der(ct.public_key()) == want), None)
-        if cert is None:
-            raise ProtocolError("serverkeygen: the certificate is not for the returned key")
-        return key, cert
+        return read_serverkeygen(resp.body, resp.header("Content-Type"), self._open_server_key)
 
     def _open_server_key(self, der: bytes) -> bytes:
         if self.client_cert is None:

@@ -104,7 +104,7 @@ class CredentialDir:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o755)
         self._remove_stale()
         gen = self.path / f"gen-{time.time_ns()}"
-        gen.mkdir(mode=0o700)
+        gen.mkdir(mode=0o755)
         _write(gen / "key.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()), 0o600)
         _checkpoint("key-written")

@@ -12,7 +12,7 @@ Retry-After (seconds or an HTTP date, RFC 9110 §10.2.3).
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -25,10 +25,11 @@ from estkit.client.transport import Response
 from estkit.errors import BadRequest, EstError, Unauthorized, error_for_status
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
+from estkit.protocol.multipart import KEY_ENCRYPTED, parse_serverkeygen
 from estkit.protocol.pkcs7 import parse_certs_only
 
 __all__ = ["payload_der", "certificates", "issued_certificate", "load_server_key", "parse_retry_after",
-           "error_from", "public_der"]
+           "error_from", "public_der", "read_serverkeygen"]
 
 
 def payload_der(body: bytes, what: str) -> bytes:
@@ -79,6 +80,28 @@ def load_server_key(der: bytes) -> PrivateKeyTypes:
         return serialization.load_der_private_key(der, None)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"the server-generated key does not parse: {exc}") from None
+
+
+def read_serverkeygen(body: bytes, content_type: str | None,
+                      open_encrypted: Callable[[bytes], bytes] | None = None) -> tuple[PrivateKeyTypes, x509.Certificate]:
+    """The key and certificate of a /serverkeygen answer (RFC 7030 §4.4.2): parts
+    in either order, CRLF or LF, quoted or bare boundary; an encrypted key part is
+    handed to ``open_encrypted`` (which returns the DER PrivateKeyInfo)."""
+    try:
+        parts = parse_serverkeygen(body, content_type)
+    except BadRequest as exc:
+        raise ProtocolError(f"serverkeygen response: {exc.reason}") from None
+    key_der = parts.key_der
+    if parts.key_kind == KEY_ENCRYPTED:
+        if open_encrypted is None:
+            raise ProtocolError("the server returned an encrypted key and there is no key to open it")
+        key_der = open_encrypted(key_der)
+    key = load_server_key(key_der)
+    want = public_der(key.public_key())
+    cert = next((ct for ct in parts.certificates if public_der(ct.public_key()) == want), None)
+    if cert is None:
+        raise ProtocolError("serverkeygen: the certificate is not for the returned key")
+    return key, cert
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> int | None:

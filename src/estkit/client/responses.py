@@ -12,6 +12,7 @@ Retry-After (seconds or an HTTP date, RFC 9110 §10.2.3).
 from __future__ import annotations
 
 import email.utils
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -45,7 +46,10 @@ def payload_der(body: bytes, what: str) -> bytes:
 def certificates(body: bytes, what: str) -> list[x509.Certificate]:
     """The certificates of a certs-only PKCS#7 payload (CRLs and order do not matter)."""
     try:
-        return parse_certs_only(payload_der(body, what))
+        with warnings.catch_warnings():
+            # openssl crl2pkcs7 and others emit BER set ordering; cryptography reads it with a warning.
+            warnings.simplefilter("ignore", UserWarning)
+            return parse_certs_only(payload_der(body, what))
     except BadRequest as exc:
         raise ProtocolError(f"malformed {what}: {exc.reason}") from None
 

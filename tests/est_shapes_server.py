@@ -50,6 +50,8 @@ class ShapesConfig:
     algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     realm: str = "shapes"
     stale_first: bool = False
+    protect_cacerts: bool = False  # /cacerts behind Digest too (to see that bootstrap never answers)
+    authorizations: list[str] = field(default_factory=list)  # every Authorization header received
     seen: list[dict[str, str]] = field(default_factory=list)  # verified Digest answers
     bodies: list[bytes] = field(default_factory=list)
 
@@ -93,6 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         cfg: ShapesConfig = self.server.cfg
         header = self.headers.get("Authorization", "")
+        if header:
+            cfg.authorizations.append(header)
         if not header.startswith("Digest "):
             self._challenge()
             return False
@@ -118,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
+        if self.path.endswith("/cacerts") and self.server.cfg.protect_cacerts and not self._authorized():
+            return
         if self.path.endswith("/cacerts"):
             # libest: application/pkcs7-mime without smime-type; wrapped base64, no CTE header.
             self._send(200, _b64_wrapped(certs_only([self.server.pki.sub, self.server.pki.root])), "application/pkcs7-mime")

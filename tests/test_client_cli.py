@@ -89,6 +89,11 @@ def test_bootstrap_by_fingerprint(srv: ServerProcess, tmp_path: Path) -> None:
     bad = cli(srv, "cacerts", "--fingerprint", "00" * 32, "--out", str(tmp_path / "x.pem"), trust=False, check=6)
     assert b"not confirmed" in bad.stderr and not (tmp_path / "x.pem").exists()
     cli(srv, "cacerts", "--fingerprint", fp, "--out", str(tmp_path / "boot.pem"), trust=False)
+    # Interactive: the fingerprint is shown and a person answers.
+    no = cli(srv, "cacerts", "--bootstrap", "--out", str(tmp_path / "x.pem"), trust=False, input="n\n", check=6)
+    assert fp.encode() in no.stderr and not (tmp_path / "x.pem").exists()
+    cli(srv, "cacerts", "--bootstrap", "--out", str(tmp_path / "y.pem"), trust=False, input="y\n")
+    assert (tmp_path / "y.pem").read_bytes() == (tmp_path / "boot.pem").read_bytes()
     cli(srv, "enroll", "--trust", str(tmp_path / "boot.pem"), "--user", USER, "--cn", "boot-dev",
         "--key-out", str(tmp_path / "k.pem"), "--cert-out", str(tmp_path / "c.pem"), trust=False)
     assert_pair(srv, tmp_path / "c.pem", tmp_path / "k.pem")

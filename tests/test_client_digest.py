@@ -115,3 +115,18 @@ def test_fail_wrong_trust_anchor(pki: Pki, tmp_path: Path) -> None:
         with pytest.raises(TrustError, match="not trusted"):
             EstClient(s.url(), trust=tmp_path / "other.pem", auth=DigestAuth(cfg.user, cfg.password)).enroll(cn="x")
     assert cfg.bodies == []
+
+
+def test_fail_bootstrap_never_answers_a_challenge(pki: Pki) -> None:
+    """RFC 7030 §4.1.1: on the unauthenticated bootstrap connection no HTTP
+    credentials are sent, not even when the server asks."""
+    cfg = ShapesConfig(protect_cacerts=True)
+    with shapes_server(pki, cfg) as s:
+        client = EstClient(s.url(), auth=DigestAuth(cfg.user, cfg.password))
+        with pytest.raises(Unauthorized):
+            client.cacerts(bootstrap=lambda offer: True)
+        assert cfg.authorizations == []
+        # With the trust anchor, the same request is answered and succeeds.
+        assert set(EstClient(s.url(), trust=s.trust, auth=DigestAuth(cfg.user, cfg.password)).cacerts()) == \
+            {pki.root, pki.sub}
+    assert len(cfg.authorizations) == 1

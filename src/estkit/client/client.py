@@ -217,7 +217,7 @@ class EstClient:
                                                                                x509.Certificate]:
         """simpleenroll with a key of the caller's or a new one following /csrattrs: ``(key, certificate)``."""
         k = key or self.new_key(key_type)
-        got_key, cert = self._enroll(c.OP_SIMPLEENROLL, CsrSpec(k, cn, subject, tuple(dns), tuple(ips)), link)
+        _k, cert = self._enroll(c.OP_SIMPLEENROLL, CsrSpec(k, cn, subject, tuple(dns), tuple(ips)), link)
         return k, cert
 
     def reenroll(self, *, key: CertificateIssuerPrivateKeyTypes | None = None, key_type: str | None = None,

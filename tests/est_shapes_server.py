@@ -122,6 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/moved/"):  # same origin (RFC 7030 §3.2.1)
+            self._send(301, b"", None, {"Location": self.path[len("/moved"):]})
+            return
+        if self.path.startswith("/elsewhere/"):
+            self._send(302, b"", None, {"Location": "https://est.example.net" + self.path[len("/elsewhere"):]})
+            return
         if self.path.endswith("/cacerts") and self.server.cfg.protect_cacerts and not self._authorized():
             return
         if self.path.endswith("/cacerts"):

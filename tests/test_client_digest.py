@@ -13,7 +13,8 @@ from client_pki import Pki, make_pki, pem
 from cryptography import x509
 from est_shapes_server import ShapesConfig, shapes_server
 
-from estkit.client import (BasicAuth, CsrSpec, DigestAuth, EstClient, PasswordAuth, PendingWait, TrustError)
+from estkit.client import (BasicAuth, CsrSpec, DigestAuth, EstClient, PasswordAuth, PendingWait, ProtocolError,
+                           TrustError)
 from estkit.errors import Unauthorized
 from estkit.protocol.keys import generate_key, key_type_of
 
@@ -130,3 +131,17 @@ def test_fail_bootstrap_never_answers_a_challenge(pki: Pki) -> None:
         assert set(EstClient(s.url(), trust=s.trust, auth=DigestAuth(cfg.user, cfg.password)).cacerts()) == \
             {pki.root, pki.sub}
     assert len(cfg.authorizations) == 1
+
+
+@pytest.mark.parametrize("prefix,ok", [("/moved", True), ("/elsewhere", False)],
+                         ids=["ok/same-origin-redirect-followed", "fail/cross-origin-redirect-refused"])
+def test_redirects(pki: Pki, prefix: str, ok: bool) -> None:
+    """RFC 7030 §3.2.1: same-origin redirects are followed on a new connection;
+    another origin is not followed."""
+    with shapes_server(pki) as s:
+        client = EstClient(s.url() + prefix, trust=s.trust)
+        if ok:
+            assert set(client.cacerts()) == {pki.root, pki.sub}
+        else:
+            with pytest.raises(ProtocolError, match="another origin"):
+                client.cacerts()

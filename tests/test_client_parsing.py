@@ -262,3 +262,35 @@ def test_ok_rfc7030_appendix_a2_csrattrs() -> None:
     assert key_types_from(attrs) == ["ec:P-384"]
     assert "1.2.840.113549.1.9.7" in attrs.oids()
     _ = x509  # noqa: F841
+
+
+@pytest.mark.parametrize("elapsed_days,fraction,due", [
+    (0, 1 / 3, False), (19, 1 / 3, False), (21, 1 / 3, True), (29, 0.5, True), (10, 0.5, False), (31, 0.1, True),
+], ids=["ok/fresh", "ok/just-before-last-third", "ok/in-last-third", "ok/half-threshold-due",
+        "ok/half-threshold-not-due", "ok/expired"])
+def test_renewal_due(pki: Pki, elapsed_days: int, fraction: float, due: bool) -> None:
+    """``renew`` renews once less than ``fraction`` of the lifetime is left (a 30-day certificate here)."""
+    from estkit.client import renewal_due
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    _k, cert = pki.leaf("due", not_before=start, days=30)
+    assert renewal_due(cert, fraction, start + timedelta(days=elapsed_days)) is due
+
+
+def test_credential_dir_switches_pairs(pki: Pki, tmp_path: Path) -> None:
+    from estkit.client import CredentialDir
+    store = CredentialDir(tmp_path / "cred")
+    k1, c1 = pki.leaf("one")
+    k2, c2 = pki.leaf("two")
+    store.write(k1, c1)
+    assert store.load()[1] == c1 and (store.path / "cert.pem").resolve().parent.name.startswith("gen-")
+    store.write(k2, c2)
+    assert store.load()[1] == c2 and len(list(store.path.glob("gen-*"))) == 1
+    assert x509.load_pem_x509_certificates(store.cert_path.read_bytes())[0] == c2
+    assert oct(store.key_path.stat().st_mode & 0o777) == "0o600"
+    # A pair that does not match is refused on load.
+    gen = store.path / "current"
+    (gen / "key.pem").chmod(0o600)
+    (gen / "key.pem").write_bytes(k1.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    with pytest.raises(ValueError, match="do not match"):
+        store.load()

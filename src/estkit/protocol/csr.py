@@ -86,9 +86,11 @@ def build_csr(
     ips: Sequence[str] = (),
     challenge_password: str | None = None,
     extra_attributes: Sequence[tuple[x509.ObjectIdentifier, bytes]] = (),
+    octet_attributes: Sequence[tuple[x509.ObjectIdentifier, bytes]] = (),
 ) -> bytes:
     """DER of a PKCS#10 request signed by ``key``.  ``challenge_password`` is
-    encoded as a PrintableString (RFC 7030 Appendix A.3)."""
+    encoded as a PrintableString (RFC 7030 Appendix A.3); ``octet_attributes``
+    as OCTET STRINGs (the key identifiers of RFC 7030 §4.4.1.1 and §4.4.1.2)."""
     name = subject if subject is not None else x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
     builder = x509.CertificateSigningRequestBuilder().subject_name(name)
@@ -101,6 +103,8 @@ def build_csr(
                                         _tag=x509.name._ASN1Type.PrintableString)
     for oid, value in extra_attributes:
         builder = builder.add_attribute(oid, value)
+    for oid, value in octet_attributes:
+        builder = builder.add_attribute(oid, value, _tag=x509.name._ASN1Type.OctetString)
     algo = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
     return builder.sign(key, algo).public_bytes(Encoding.DER)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.authz import Authorize
+from estkit.ca.policy import DEFAULT_POLICIES
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
@@ -60,7 +62,8 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
         cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain),
                               extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
-                                default_label=config.server.default_label)
+                                default_label=config.server.default_label,
+                                policies=(*DEFAULT_POLICIES, Authorize(config.policies)))
 
 
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
@@ -68,6 +71,11 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
+    if any(p.digest_auth for p in config.labels.values()):
+        from estkit.server.digest import DigestAuth, load_secret
+        digest = DigestAuth(ca, config.server.realm, load_secret(config.dir))
+        server.auth.extra.append(digest.authenticate)
+        server.auth.challenge_hooks.append(digest.challenges)
     from estkit.ca.cmc import CmcService
     from estkit.ca.keygen import ServerKeyGen
     from estkit.server.handlers_cmc import register_cmc

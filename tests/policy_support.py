@@ -85,17 +85,17 @@ def audit(srv: ServerProcess, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def last_audit(srv: ServerProcess, identity: str) -> dict[str, Any]:
-    rows = audit(srv, "--identity", identity, "--limit", "1")
+def last_audit(srv: ServerProcess, identity: str, event: str | None = None) -> dict[str, Any]:
+    rows = audit(srv, "--identity", identity, "--limit", "1", *(("--event", event) if event else ()))
     assert rows, f"no audit event for {identity}"
     return rows[0]
 
 
 def check_audit(srv: ServerProcess, identity: str, csr_der: bytes, label: str, *, event: str,
                 cert: x509.Certificate | None = None, detail: str | None = None) -> dict[str, Any]:
-    """The newest event of an identity is this decision, with time, peer, label,
-    request fingerprint and (when issued) the serial."""
-    e = last_audit(srv, identity)
+    """The identity's newest event of this kind is this decision, with time, peer,
+    label, request fingerprint and (when issued) the serial."""
+    e = last_audit(srv, identity, event)
     assert e["event"] == event and e["label"] == label and e["csr_fingerprint"] == fingerprint(csr_der), e
     assert e["peer"].startswith("127.0.0.1:") and datetime.fromisoformat(e["at"]) > datetime.now(UTC) - timedelta(
         minutes=5), e

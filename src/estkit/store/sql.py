@@ -140,7 +140,8 @@ class SqlStore:
             res = conn.execute(update(_USERS).where(_USERS.c.name == guard.consume_user, _USERS.c.used_at.is_(None))
                                .values(used_at=now))
             if res.rowcount != 1:
-                raise GuardFailed("one-time", "one-time enrollment code already used")
+                raise GuardFailed("one-time", "not authorized: rule 'one-time': the one-time enrollment code "
+                                  "was already used")
         if guard.claim is not None:
             ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(_CLAIMS)
             taken = conn.execute(ins.values(key=guard.claim, identity=cert.requester[:255], at=now,

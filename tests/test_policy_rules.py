@@ -179,3 +179,75 @@ def test_policy_errors(raw: dict[str, Any], selectors: bool, message: str) -> No
     with pytest.raises(PolicyError) as exc:
         policy_from_mapping("p", raw, selectors=selectors)
     assert message in str(exc.value)
+
+
+# -- the config file's [policies.NAME] tables and the CLI -------------------------------------------------
+
+
+def _config_with(tmp_path: Any, extra: str) -> Any:
+    from support import init_server_dir
+
+    from estkit.config import load_config
+    d = init_server_dir(tmp_path / "d")
+    with open(d / "config.toml", "a") as f:
+        f.write(extra)
+    return d, load_config
+
+
+@pytest.mark.parametrize("extra,message", [
+    pytest.param('\n[policies.p]\ncnn = ["x"]\n', "'policies.p': unknown key 'cnn'", id="fail/unknown-key"),
+    pytest.param('\n[policies.p]\nlabels = ["nope"]\n', "'policies.p.labels' names unknown label 'nope'",
+                 id="fail/unknown-label"),
+    pytest.param('\n[policies.p]\nrate = "many"\n', "'policies.p': rate 'many'", id="fail/rate"),
+    pytest.param('\n[labels.x]\ndigest_auth = ["SHA-1"]\n', "'labels.x.digest_auth': unknown 'SHA-1'",
+                 id="fail/digest-algorithm"),
+    pytest.param('\n[policies]\np = 3\n', "'policies.p' must be a table", id="fail/not-a-table"),
+])
+def test_config_policy_errors(tmp_path: Any, extra: str, message: str) -> None:
+    from estkit.config import ConfigError
+    d, load_config = _config_with(tmp_path, extra)
+    with pytest.raises(ConfigError) as exc:
+        load_config(d)
+    assert message in str(exc.value)
+
+
+def test_ok_config_policies_in_file_order(tmp_path: Any) -> None:
+    d, load_config = _config_with(tmp_path, '\n[policies.first]\nusers = ["a*"]\nlabels = ["default"]\n'
+                                            '\n[policies.everyone]\nrate = "5/hour"\n')
+    cfg = load_config(d)
+    assert [p.name for p in cfg.policies] == ["first", "everyone"]
+    step = Authorize(cfg.policies)
+    assert step.policy_for(Identity(IdentityKind.USER, "alice")).name == "first"  # type: ignore[union-attr]
+    assert step.policy_for(Identity(IdentityKind.USER, "bob")).name == "everyone"  # type: ignore[union-attr]
+    assert step.policy_for(Identity(IdentityKind.USER, "alice", policy={})).name == "user:alice"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("args,message", [
+    pytest.param(["--label", "nope"], "unknown label 'nope'", id="fail/unknown-label"),
+    pytest.param(["--rate", "lots"], "rate 'lots'", id="fail/rate"),
+    pytest.param(["--ip", "300.0.0.0/8"], "'ip'", id="fail/ip"),
+    pytest.param(["--expires", "soon"], "'soon'", id="fail/expires"),
+])
+def test_cli_user_add_refuses_bad_rules(tmp_path: Any, args: list[str], message: str) -> None:
+    from support import estkit, init_server_dir
+    d = init_server_dir(tmp_path / "d")
+    p = estkit("user", "add", "x", "--dir", str(d), "--generate", *args, check=False)
+    assert p.returncode == 2 and message in p.stderr.decode() and b"Traceback" not in p.stderr
+    assert estkit("user", "list", "--dir", str(d)).stdout == b""
+
+
+def test_ok_cli_user_show_set_round_trip(tmp_path: Any) -> None:
+    from support import estkit, init_server_dir
+    d = init_server_dir(tmp_path / "d")
+    estkit("user", "add", "gw", "--dir", str(d), "--password-stdin", "--cn", "{name}", "--dns", "*.x.example",
+           input="secret-1\n")
+    show = estkit("user", "show", "gw", "--dir", str(d)).stdout.decode()
+    assert '"cn": ["{name}"]' in show and '"dns": ["*.x.example"]' in show and "secret-1" not in show
+    estkit("user", "set", "gw", "--dir", str(d), "--unset", "dns", "--rate", "4/day", "--disable")
+    show = estkit("user", "show", "gw", "--dir", str(d)).stdout.decode()
+    assert '"rate": "4/day"' in show and "dns" not in show and "disabled:  yes" in show
+    estkit("user", "set", "gw", "--dir", str(d), "--clear-policy", "--enable")
+    show = estkit("user", "show", "gw", "--dir", str(d)).stdout.decode()
+    assert "policy:    - (unrestricted)" in show and "disabled:  no" in show
+    p = estkit("user", "set", "gw", "--dir", str(d), "--digest", check=False)
+    assert p.returncode == 2 and b"needs the password" in p.stderr

@@ -88,10 +88,14 @@ def _password(password_stdin: bool, generate: bool) -> tuple[str, bool]:
     return password, False
 
 
-def _store_and_realm(directory: str | None) -> tuple[Any, str]:
+def _store_and_realm(directory: str | None, labels: tuple[str, ...] = ()) -> tuple[Any, str]:
     from estkit.cli.main import _config
     from estkit.cli.wiring import build_store
     cfg = _config(directory)
+    for label in labels:
+        if label not in cfg.labels:
+            raise click.BadParameter(f"unknown label {label!r} (configured: {', '.join(cfg.labels)})",
+                                     param_hint="--label")
     return build_store(cfg), cfg.server.realm
 
 
@@ -124,7 +128,7 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
             raise click.UsageError("give one of --password-stdin, --generate or --one-time")
         password, generated = _password(password_stdin, generate or (one_time and not password_stdin))
         now = datetime.now(UTC)
-        store, realm = _store_and_realm(directory)
+        store, realm = _store_and_realm(directory, policy["labels"])
         record = UserRecord(name=name, password_hash=hash_password(password), created_at=now, one_time=one_time,
                             expires_at=parse_expiry(expires, now) if expires else None,
                             policy=_policy_from_options(None, policy),
@@ -182,7 +186,7 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
                  unset: tuple[str, ...], **policy: Any) -> None:
         """Change user NAME: password, Digest, enabled, expiry, policy rules (each
         option given replaces that rule)."""
-        store, realm = _store_and_realm(directory)
+        store, realm = _store_and_realm(directory, policy["labels"])
         u = store.get_user(name)
         if u is None:
             raise click.ClickException(f"no user {name!r}")

@@ -48,7 +48,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("policy")
     mfg = manufacturer(tmp)
     d = init_server_dir(tmp / "data")
-    estkit("user", "add", "bob", "--dir", str(d), "--password-stdin", "--label", "default", "--label", "held",
+    estkit("user", "add", "bob", "--dir", str(d), "--password-stdin", "--label", "default",
            "--cn", "{name}", "--dns", "*.devices.example.com", "--ip", "10.0.0.0/8", "--max-validity-days", "7",
            input="pw-bob\n")
     estkit("user", "add", "rl", "--dir", str(d), "--password-stdin", "--rate", "2/hour", input="pw-rl\n")
@@ -56,6 +56,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     def configure(doc: dict[str, Any]) -> None:
         doc["server"]["bootstrap_trust"] = [str(mfg["ca"])]
         base = doc["labels"]["default"]
+        base["serverkeygen"] = True
         doc["labels"]["devices"] = dict(base)
         doc["labels"]["ra"] = {**base, "extended_key_usage": ["clientAuth", "cmcRA"]}
         doc["labels"]["linked"] = {**base, "require_linking": True, "ra_waives_linking": True}
@@ -210,3 +211,29 @@ def test_ra_fullcmc_is_authorized_like_simpleenroll(env: Env, label: str | None,
         st = reply.statuses[0]
         assert st.fail_info == FAIL_INFO["badIdentity"] and f"rule '{rule}'" in (st.status_string or ""), st
         assert e["event"] == "refused" and f"rule '{rule}'" in e["detail"] and e["label"] == (label or "default")
+
+
+@pytest.mark.parametrize("op,kind,cn,label,rule", [
+    pytest.param("simplereenroll", "cert", "gw-1", None, None, id="ok/reenroll-own-name"),
+    pytest.param("simplereenroll", "cert", "gw-1", "devices", "labels", id="fail/reenroll-label"),
+    pytest.param("serverkeygen", "user", "bob", None, None, id="ok/serverkeygen-own-name"),
+    pytest.param("serverkeygen", "user", "mallory", None, "cn", id="fail/serverkeygen-name"),
+    pytest.param("serverkeygen", "user", "bob", "devices", "labels", id="fail/serverkeygen-label"),
+])
+def test_every_issuing_operation_is_authorized(env: Env, op: str, kind: str, cn: str, label: str | None,
+                                               rule: str | None) -> None:
+    auth, ident = _who(env, kind)
+    csr = build_csr(generate_key("ec:P-256"), cn=cn)
+    r, _ = enroll(env.srv, csr, label=label, op=op, **auth)
+    if rule is None:
+        assert r.status == 200, r.body
+        e = last_audit(env.srv, ident, "issued")
+        assert e["detail"] == op and e["csr_fingerprint"] == check_fp(csr)
+    else:
+        assert r.status == 403 and f"rule '{rule}'" in r.body.decode(), r.body
+        check_audit(env.srv, ident, csr, label or "default", event="refused", detail=f"{op}: 403")
+
+
+def check_fp(csr: bytes) -> str:
+    from policy_support import fingerprint
+    return fingerprint(csr)

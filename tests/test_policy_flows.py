@@ -212,3 +212,22 @@ def test_audit_never_holds_passwords_codes_or_keys(srv: ServerProcess) -> None:
         assert secret not in rows
     out = estkit("audit", "--dir", str(srv.dir), "--event", "approved").stdout.decode()
     assert out and all(line.split("\t")[1] == "approved" for line in out.splitlines())
+
+
+@pytest.mark.parametrize("header,reason", [
+    pytest.param('Digest username="dig"', "lack realm", id="fail/missing-fields"),
+    pytest.param('Digest ,,=,"', "malformed Digest", id="fail/malformed"),
+    pytest.param('Digest username="dig", realm="estkit", nonce="x", uri="/.well-known/est/dig256/simpleenroll", '
+                 'response="00", qop=auth, nc=1, cnonce="c", algorithm=SHA-512-256', "not offered",
+                 id="fail/algorithm-not-offered"),
+    pytest.param('Digest username="dig", realm="estkit", nonce="x", uri="/elsewhere", response="00", qop=auth, '
+                 'nc=1, cnonce="c", algorithm=SHA-256', "uri does not match", id="fail/uri-mismatch"),
+    pytest.param('Digest username="dig", realm="other", nonce="x", uri="/.well-known/est/dig256/simpleenroll", '
+                 'response="00", qop=auth, nc=1, cnonce="c", algorithm=SHA-256', "another realm", id="fail/realm"),
+])
+def test_bad_digest_credentials_are_a_clean_401(srv: ServerProcess, header: str, reason: str) -> None:
+    import base64
+    body = base64.b64encode(build_csr(generate_key("ec:P-256"), cn="bad")) + b"\n"
+    r = https(srv, "POST", "simpleenroll", body, label="dig256", headers={**PKCS10, "Authorization": header})
+    assert r.status == 401 and reason in r.body.decode() and r.body.count(b"\n") == 1, r.body
+    assert any(ch.startswith("Digest ") for ch in r.headers.get_all("WWW-Authenticate"))

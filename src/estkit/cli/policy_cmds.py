@@ -4,14 +4,13 @@ and ``estkit bootstrap list/allow`` (once-only enrollments)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
-from estkit.cli.users import register_users
+from estkit.cli.users import parse_when, register_users
 
 __all__ = ["register"]
 
@@ -30,17 +29,7 @@ def _store(directory: str | None) -> Any:
 
 
 def _since(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    m = re.fullmatch(r"(\d+)([smhd])", text)
-    if m:
-        secs = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=secs)
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected 30m, 12h, 7d or an ISO date/time") from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    return parse_when(text, datetime.now(UTC), past=True) if text else None
 
 
 @click.command("audit")

@@ -17,26 +17,30 @@ from estkit.ca.authz import POLICY_KEYS, PolicyError, policy_from_mapping
 from estkit.ca.passwords import digest_ha1, generate_password, hash_password
 from estkit.ca.ports import Conflict, UserRecord
 
-__all__ = ["register_users", "parse_expiry"]
+__all__ = ["register_users", "parse_expiry", "parse_when"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _LISTS = ("labels", "cn", "subject", "dns", "ip", "email", "uri")
 
 
-def parse_expiry(text: str, now: datetime) -> datetime | None:
-    """``7d``, ``12h``, ``30m``, ``2w`` from now, an ISO date/time (UTC unless
-    it says otherwise), or ``never`` (None)."""
-    if text == "never":
-        return None
-    m = re.fullmatch(r"(\d+)([mhdw])", text.strip())
+def parse_when(text: str, now: datetime, *, past: bool = False) -> datetime:
+    """``30s``, ``30m``, ``12h``, ``7d``, ``2w`` from now (before now with ``past``),
+    or an ISO date/time (UTC unless it says otherwise)."""
+    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
     if m:
-        return now + timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        delta = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        return now - delta if past else now + delta
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected 7d, 12h, 30m, 2w, an ISO date or 'never'") from None
+        raise click.BadParameter(f"{text!r}: expected 30m, 12h, 7d, 2w or an ISO date/time") from None
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def parse_expiry(text: str, now: datetime) -> datetime | None:
+    """An expiry as :func:`parse_when` reads it, or ``never`` (None)."""
+    return None if text == "never" else parse_when(text, now)
 
 
 def _policy_options(f: F) -> F:

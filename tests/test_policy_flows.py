@@ -113,6 +113,12 @@ def test_approval_then_retry_gets_the_certificate(srv: ServerProcess) -> None:
     check_audit(srv, "user:alice", csr, "held", event="issued", cert=cert)
     r4, again = enroll(srv, csr, user=ALICE, label="held")  # a lost answer is sent again, not reissued
     assert r4.status == 200 and again == cert
+    # Revocation is a decision too: the certificate's trail is issued, then revoked.
+    serial = format(cert.serial_number, "x")
+    estkit("revoke", serial, "--reason", "keyCompromise", "--dir", str(srv.dir))
+    trail = audit(srv, "--serial", serial)
+    assert [e["event"] for e in trail] == ["revoked", "issued"]
+    assert trail[0]["label"] == "held" and "keyCompromise" in trail[0]["detail"] and trail[0]["identity"] == "cli"
 
 
 def test_rejection_then_retry_gets_403_with_the_reason(srv: ServerProcess) -> None:

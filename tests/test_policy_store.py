@@ -108,3 +108,30 @@ def test_ok_digest_ha1_round_trip(store: SqlStore) -> None:
     store.add_user(UserRecord("d", "scrypt$x", datetime.now(UTC), digest_ha1={"MD5": "aa", "SHA-256": "bb"}))
     u = store.get_user("d")
     assert u is not None and u.digest_ha1 == {"MD5": "aa", "SHA-256": "bb"}
+
+
+def test_ok_migration_0002_upgrades_a_0001_store_in_place(url: str) -> None:
+    """A store created before authorization existed keeps its users and certificates."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine, inspect, text
+
+    from estkit.store.sql import _MIGRATIONS
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", _MIGRATIONS)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    assert "claims" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:  # written as 0001 knew the table: no digest_ha1 column yet
+        conn.execute(text("INSERT INTO users (name, password_hash, created_at, one_time, disabled) "
+                          "VALUES ('old', 'scrypt$x', :t, false, false)"), {"t": datetime.now(UTC)})
+    engine.dispose()
+    s = open_store(url)
+    u = s.get_user("old")
+    assert u is not None and u.digest_ha1 is None and u.policy is None
+    s.record_issued(_cert("user:old"), None, IssueGuard(claim="k", rate_count=1, rate_seconds=60))
+    assert [c.key for c in s.list_claims()] == ["k"]
+    assert "ix_certificates_requester_issued" in {i["name"] for i in inspect(s.engine).get_indexes("certificates")}
+    s.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from estkit.store import SqlStore, open_store
 
 __all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
            "build_revocation", "load_cmc_secrets"]
+
+log = logging.getLogger("estkit")
 
 
 def load_pem_certs(path: Path) -> list[x509.Certificate]:
@@ -71,6 +74,9 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
+    if config.server.bootstrap_trust and not any(not p.kinds or "bootstrap" in p.kinds for p in config.policies):
+        log.warning("server.bootstrap_trust is set but no [policies.NAME] applies to bootstrap identities: "
+                    "any device of those manufacturers may request any name (docs/policy.md)")
     if any(p.digest_auth for p in config.labels.values()):
         from estkit.server.digest import DigestAuth, load_secret
         digest = DigestAuth(ca, config.server.realm, load_secret(config.dir))

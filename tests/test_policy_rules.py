@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from estkit.ca.authz import GUARD, MAX_VALIDITY, Authorize, PolicyError, RateLimit, parse_rate, policy_from_mapping
@@ -251,3 +252,21 @@ def test_ok_cli_user_show_set_round_trip(tmp_path: Any) -> None:
     assert "policy:    - (unrestricted)" in show and "disabled:  no" in show
     p = estkit("user", "set", "gw", "--dir", str(d), "--digest", check=False)
     assert p.returncode == 2 and b"needs the password" in p.stderr
+
+
+@pytest.mark.parametrize("policy,warned", [
+    pytest.param("", True, id="ok/warns-without-bootstrap-policy"),
+    pytest.param('\n[policies.idevid]\nkinds = ["bootstrap"]\ncn = ["{serialNumber}"]\n', False,
+                 id="ok/quiet-with-bootstrap-policy"),
+])
+def test_serve_warns_when_bootstrap_devices_have_no_policy(tmp_path: Any, caplog: pytest.LogCaptureFixture,
+                                                           policy: str, warned: bool) -> None:
+    from estkit.cli.wiring import build_authority, build_server
+    d, load_config = _config_with(tmp_path, policy)
+    (d / "mfg.pem").write_bytes(_CA.public_bytes(Encoding.PEM))
+    text = (d / "config.toml").read_text().replace("bootstrap_trust = []", 'bootstrap_trust = ["mfg.pem"]')
+    (d / "config.toml").write_text(text)
+    cfg = load_config(d)
+    with caplog.at_level("WARNING", logger="estkit"):
+        build_server(cfg, build_authority(cfg))
+    assert ("no [policies.NAME] applies to bootstrap identities" in caplog.text) is warned

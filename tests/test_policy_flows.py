@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from policy_support import PKCS10, audit, check_audit, enroll, fingerprint
 from support import ServerProcess, estkit, fresh_database, https, init_server_dir, require_tool, run, server
+from test_e2e_bouncycastle import classpath  # noqa: F401  (the compiled BC client, a session fixture)
 
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
@@ -164,7 +165,7 @@ def test_curl_digest_enrolls(srv: ServerProcess, tmp_path: Path, label: str, alg
     code, trace = _curl_digest(srv, tmp_path, label, "dig", DIGEST_PW, f"digest-{alg}")
     assert code == "200", trace
     assert re.search(rf"> Authorization: Digest .*algorithm={alg}", trace), trace
-    assert f'WWW-Authenticate: Digest realm="estkit", qop="auth", algorithm={alg}' in trace
+    assert f'WWW-Authenticate: Digest realm="estkit", qop="auth", algorithm="{alg}"' in trace
     p7 = run(["sh", "-c", f"openssl base64 -d -A < {tmp_path}/digest-{alg}.out | openssl pkcs7 -inform DER "
                           f"-print_certs"]).stdout.decode()
     assert f"subject=CN = digest-{alg}" in p7
@@ -203,7 +204,7 @@ def test_stale_nonce_gets_a_new_challenge_with_stale_true(srv: ServerProcess) ->
     r = https(srv, "POST", "simpleenroll", body, label="dig256", headers={**PKCS10, "Authorization": header})
     assert r.status == 401 and b"nonce expired" in r.body
     challenges = r.headers.get_all("WWW-Authenticate")
-    assert any("stale=true" in ch and "algorithm=SHA-256" in ch for ch in challenges), challenges
+    assert any("stale=true" in ch and "algorithm=\"SHA-256\"" in ch for ch in challenges), challenges
     tampered = header.replace(f'nonce="{old}"', f'nonce="{old[:-2]}AA"')
     r = https(srv, "POST", "simpleenroll", body, label="dig256", headers={**PKCS10, "Authorization": tampered})
     assert r.status == 401 and b"unknown Digest nonce" in r.body
@@ -237,3 +238,17 @@ def test_bad_digest_credentials_are_a_clean_401(srv: ServerProcess, header: str,
     r = https(srv, "POST", "simpleenroll", body, label="dig256", headers={**PKCS10, "Authorization": header})
     assert r.status == 401 and reason in r.body.decode() and r.body.count(b"\n") == 1, r.body
     assert any(ch.startswith("Digest ") for ch in r.headers.get_all("WWW-Authenticate"))
+
+
+@pytest.mark.parametrize("label", [pytest.param("dig256", id="ok/bc-sha256"), pytest.param("digmd5", id="ok/bc-md5")])
+def test_bouncy_castle_digest_enrolls(srv: ServerProcess, tmp_path: Path, label: str, classpath: str) -> None:
+    """Bouncy Castle 1.72's EST client answers the first WWW-Authenticate, and
+    only parses quoted values: Digest comes first and algorithm is quoted."""
+    from test_e2e_bouncycastle import estbc
+    cert = tmp_path / "bc.pem"
+    estbc(classpath, srv, "enroll", "--user", "dig", "--password", DIGEST_PW, "--cn", f"bc-{label}.example",
+          "--label", label, "--key-out", str(tmp_path / "bc.key"), "--out", str(cert))
+    text = run(["openssl", "x509", "-in", str(cert), "-noout", "-subject"]).stdout.decode()
+    assert f"CN = bc-{label}.example" in text
+    e = last_event(srv, "user:dig")
+    assert e["event"] == "issued" and e["label"] == label

@@ -26,7 +26,9 @@ __all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "Extra
 # request and its CA label: an identity, None when the request carries no such
 # credentials, or Unauthorized (whose challenges, if any, replace the hook's usual ones).
 ExtraAuth = Callable[[web.Request, str | None], Awaitable[Identity | None]]
-# More WWW-Authenticate challenges for a label, after Basic's.
+# More WWW-Authenticate challenges for a label (Digest), sent before Basic's: a
+# label that turns Digest on prefers it, and clients that read only the first
+# challenge (Bouncy Castle) then use it.
 ChallengeHook = Callable[[str | None], list[str]]
 
 
@@ -74,8 +76,8 @@ class Authenticator:
         self.challenge_hooks: list[ChallengeHook] = []
 
     def challenges_for(self, label: str | None) -> tuple[str, ...]:
-        """Every WWW-Authenticate value for a label: Basic, then the hooks' (Digest)."""
-        return (*self.challenges, *(ch for hook in self.challenge_hooks for ch in hook(label)))
+        """Every WWW-Authenticate value for a label: the hooks' (Digest), then Basic."""
+        return (*(ch for hook in self.challenge_hooks for ch in hook(label)), *self.challenges)
 
     async def context(self, request: web.Request, *, require: bool, label: str | None = None) -> RequestContext:
         """Authenticate.  With ``require``, a request with neither credentials
@@ -107,7 +109,7 @@ class Authenticator:
                 try:
                     user = await hook(request, label)
                 except Unauthorized as exc:
-                    challenges = (*self.challenges, *exc.challenges) if exc.challenges else self.challenges_for(label)
+                    challenges = (*exc.challenges, *self.challenges) if exc.challenges else self.challenges_for(label)
                     raise Unauthorized(exc.reason, challenges=challenges) from None
                 if user is not None:
                     break

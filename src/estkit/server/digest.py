@@ -109,10 +109,14 @@ class DigestAuth:
         return "fresh" if -5 <= age <= self.lifetime else "stale"
 
     def challenges(self, label: str | None, *, stale: bool = False) -> list[str]:
-        """RFC 7616 §3.3 WWW-Authenticate values, strongest algorithm first, one fresh nonce."""
+        """RFC 7616 §3.3 WWW-Authenticate values, strongest algorithm first, one fresh nonce.
+
+        ``algorithm`` is quoted although RFC 7616 §3.3 says not to: Bouncy Castle's
+        EST client (1.72) parses only quoted values and fails on the token form;
+        curl and other clients read both."""
         nonce = self._nonce()
         extra = ", stale=true" if stale else ""
-        return [f'Digest realm="{self.realm}", qop="auth", algorithm={alg}, nonce="{nonce}"{extra}'
+        return [f'Digest realm="{self.realm}", qop="auth", algorithm="{alg}", nonce="{nonce}"{extra}'
                 for alg in self.algorithms(label)]
 
     async def authenticate(self, request: web.Request, label: str | None) -> Identity | None:

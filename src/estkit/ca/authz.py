@@ -43,7 +43,7 @@ from estkit.ca.ports import IssueGuard
 from estkit.errors import Forbidden
 
 __all__ = ["RateLimit", "Policy", "Authorize", "PolicyError", "parse_rate", "policy_from_mapping",
-           "policy_to_mapping", "POLICY_KEYS", "SELECTOR_KEYS", "GUARD", "MAX_VALIDITY", "AUTHORIZED_POLICIES",
+           "POLICY_KEYS", "SELECTOR_KEYS", "GUARD", "MAX_VALIDITY", "AUTHORIZED_POLICIES",
            "KINDS"]
 
 # Keys of EnrollRequest.extra the CA's issuing step reads.
@@ -173,22 +173,6 @@ def policy_from_mapping(name: str, raw: Mapping[str, Any], *, selectors: bool = 
         except ValueError:
             raise PolicyError(f"'ip': {net!r} is not an IP network such as 10.0.0.0/8") from None
     return Policy(name=name, _networks=tuple(nets), **vals)
-
-
-def policy_to_mapping(p: Policy) -> dict[str, object]:
-    """The JSON form stored with a user (selectors are not stored: a user's policy is its own)."""
-    out: dict[str, object] = {}
-    for key in POLICY_KEYS:
-        v = getattr(p, key)
-        if key == "once":
-            if v:
-                out[key] = True
-        elif key == "rate":
-            if v is not None:
-                out[key] = str(v)
-        elif v is not None:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
 
 
 def _vars(ident: Identity, ctx: RequestContext) -> dict[str, str | None]:

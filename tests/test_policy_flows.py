@@ -252,3 +252,21 @@ def test_bouncy_castle_digest_enrolls(srv: ServerProcess, tmp_path: Path, label:
     assert f"CN = bc-{label}.example" in text
     e = last_event(srv, "user:dig")
     assert e["event"] == "issued" and e["label"] == label
+
+
+@pytest.mark.parametrize("label", [pytest.param("dig256", id="ok/client-sha256"),
+                                   pytest.param("digmd5", id="ok/client-md5")])
+def test_estkit_client_digest_enrolls(srv: ServerProcess, label: str) -> None:
+    """estkit's own client (estkit.client, DigestAuth) against Digest labels."""
+    client = pytest.importorskip("estkit.client")
+    est = client.EstClient(f"https://localhost:{srv.port}", trust=str(srv.ca_pem), label=label,
+                           auth=client.DigestAuth("dig", DIGEST_PW))
+    _key, cert = est.enroll(cn=f"estclient-{label}")
+    assert cert.subject.rfc4514_string() == f"CN=estclient-{label}"
+    e = last_event(srv, "user:dig")
+    assert e["event"] == "issued" and e["label"] == label and e["serial"] == format(cert.serial_number, "x")
+    wrong = client.EstClient(f"https://localhost:{srv.port}", trust=str(srv.ca_pem), label=label,
+                             auth=client.DigestAuth("dig", "wrong"))
+    with pytest.raises(client.EstError) as exc:
+        wrong.enroll(cn="nope")
+    assert exc.value.status == 401

@@ -187,9 +187,11 @@ def test_linking(srv: ServerProcess, tmp_path: Path, label: str | None, link: bo
     check_with_openssl(tmp_path, srv, key, cert)
 
 
-def test_pending_then_approved(srv: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", [False, True], ids=["ok/plain", "ok/linked-csr-rebuilt-per-connection"])
+def test_pending_then_approved(srv: ServerProcess, tmp_path: Path, link: bool) -> None:
     """RFC 7030 §4.2.3: 202 with Retry-After; an operator approves meanwhile;
-    the client's resend of the same request gets the certificate."""
+    the client's resend of the same request gets the certificate.  A linked
+    CSR is re-signed for every connection (§3.5) and still finds its request."""
     waits: list[PendingWait] = []
     approvals: list[threading.Thread] = []
 
@@ -202,11 +204,17 @@ def test_pending_then_approved(srv: ServerProcess, tmp_path: Path) -> None:
             t.start()
             approvals.append(t)
 
+    before = len(_requests(srv))
     client = _client(srv, label="held", auth=BasicAuth(USER, PW), pending_retries=20, on_pending=on_pending)
-    key, cert = client.enroll(cn="held-dev")
+    key, cert = client.enroll(cn=f"held-dev-{link}", link=link)
     approvals[0].join()
+    assert len(_requests(srv)) == before + 1  # every resend found the one request
     assert waits and waits[0].retry_after == 1 and waits[0].operation == "simpleenroll"
     check_with_openssl(tmp_path, srv, key, cert)
+
+
+def _requests(srv: ServerProcess) -> list[str]:
+    return estkit("requests", "list", "--dir", str(srv.dir), "--status", "all").stdout.decode().splitlines()
 
 
 def test_fail_pending_beyond_the_limit(srv: ServerProcess) -> None:

@@ -203,16 +203,18 @@ class CertificateAuthority:
 
     def _approval_gate(self, req: EnrollRequest, key: CertificatePublicKeyTypes) -> x509.Certificate:
         """Hold the request for an operator: 202 + Retry-After until decided.
-        The same CSR from the same identity finds the same pending request."""
+        The same request from the same identity finds the same pending request,
+        also when a linked CSR was re-signed on a new connection (RFC 7030
+        §3.5: its challengePassword changes with tls-unique)."""
         p, ctx, fp = req.profile, req.ctx, req.csr.fingerprint
-        who = str(ctx.identity)
-        pend = self.store.find_pending(who, p.label, fp)
+        who, rkey = str(ctx.identity), req.csr.request_fingerprint
+        pend = self.store.find_pending(who, p.label, fp, rkey)
         if pend is not None and pend.status == "pending" and \
                 pend.created_at + timedelta(hours=p.pending_expiry_hours) <= req.now:
             self.store.decide_pending(pend.id, "expired", "not decided in time", req.now, expected="pending")
             pend = self.store.get_pending(pend.id)
         if pend is None or pend.status == "expired":
-            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now)
+            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now, rkey)
             self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
                                            csr_fingerprint=fp, detail=f"{req.operation}: request {pend.id}"))
         if pend.status == "pending":

@@ -145,6 +145,8 @@ class PendingRequest:
     decided_at: datetime | None = None
     reason: str = ""
     serial: int | None = None
+    # What is asked for (CsrInfo.request_fingerprint): how retries find the request.
+    request_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,12 +236,14 @@ class PendingStore(Protocol):
     """Requests held for manual approval."""
 
     def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
-                    csr_der: bytes, at: datetime) -> PendingRequest:
-        """Store a new pending request, or return the existing one for the same
-        identity, label and CSR fingerprint."""
+                    csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
+        """Store a new pending request, or return the pending one for the same
+        identity, label and request (``request_key``, else CSR fingerprint)."""
 
-    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
-        """The latest request for this identity, label and CSR."""
+    def find_pending(self, identity: str, label: str, fingerprint: str,
+                     request_key: str | None = None) -> PendingRequest | None:
+        """The latest request for this identity, label and request: same
+        ``request_key`` (a row stored without one: same CSR fingerprint)."""
 
     def get_pending(self, id: int) -> PendingRequest | None:
         """By id."""

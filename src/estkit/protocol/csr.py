@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from estkit.errors import BadRequest
@@ -45,6 +45,21 @@ class CsrInfo:
     @property
     def fingerprint(self) -> str:
         return csr_fingerprint(self.der)
+
+    @property
+    def request_fingerprint(self) -> str:
+        """SHA-256 of what the request asks for (public key, subject, requested
+        extensions), hex, without its attributes or signature.
+
+        RFC 7030 §3.5 and §4.2.3: a client retrying a held request on a new TLS
+        connection must rebuild a linked CSR with that connection's tls-unique,
+        so the CSR's bytes change while the request stays the same."""
+        h = hashlib.sha256()
+        for part in (self.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+                     self.csr.subject.public_bytes(),
+                     *(ext.oid.dotted_string.encode() + ext.value.public_bytes() for ext in self.csr.extensions)):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.hexdigest()
 
 
 def csr_fingerprint(der: bytes) -> str:

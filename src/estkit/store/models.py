@@ -88,8 +88,10 @@ class Pending(Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    request_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_pending_lookup", "identity", "label", "csr_fingerprint"),)
+    __table_args__ = (Index("ix_pending_lookup", "identity", "label", "csr_fingerprint"),
+                      Index("ix_pending_request_key", "identity", "label", "request_key"))
 
 
 class CrlState(Base):

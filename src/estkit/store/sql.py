@@ -16,7 +16,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, text, update
+from sqlalchemy import (Connection, Engine, Table, and_, create_engine, event, func, insert, or_, select, text,
+                        update)
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -299,28 +300,34 @@ class SqlStore:
         return PendingRequest(id=r.id, identity=r.identity, label=r.label, operation=r.operation,
                               csr_fingerprint=r.csr_fingerprint, csr_der=r.csr_der, status=r.status,
                               created_at=_utc(r.created_at), decided_at=_utc(r.decided_at),  # type: ignore[arg-type]
-                              reason=r.reason, serial=int(r.serial, 16) if r.serial else None)
+                              reason=r.reason, serial=int(r.serial, 16) if r.serial else None,
+                              request_key=r.request_key)
+
+    @staticmethod
+    def _same_request(identity: str, label: str, fingerprint: str, request_key: str | None) -> Any:
+        # Rows written before request keys existed are found by their CSR fingerprint.
+        same = _PENDING.c.csr_fingerprint == fingerprint
+        if request_key is not None:
+            same = or_(_PENDING.c.request_key == request_key, and_(_PENDING.c.request_key.is_(None), same))
+        return and_(_PENDING.c.identity == identity, _PENDING.c.label == label, same)
 
     def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
-                    csr_der: bytes, at: datetime) -> PendingRequest:
+                    csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
+        where = self._same_request(identity, label, fingerprint, request_key)
         with self._tx() as conn:
-            row = conn.execute(select(_PENDING).where(
-                _PENDING.c.identity == identity, _PENDING.c.label == label,
-                _PENDING.c.csr_fingerprint == fingerprint, _PENDING.c.status == "pending")).first()
+            row = conn.execute(select(_PENDING).where(where, _PENDING.c.status == "pending")).first()
             if row is None:
                 conn.execute(insert(_PENDING).values(
                     identity=identity, label=label, operation=operation, csr_fingerprint=fingerprint,
-                    csr_der=csr_der, status="pending", created_at=at, reason=""))
-                row = conn.execute(select(_PENDING).where(
-                    _PENDING.c.identity == identity, _PENDING.c.label == label,
-                    _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+                    csr_der=csr_der, status="pending", created_at=at, reason="", request_key=request_key))
+                row = conn.execute(select(_PENDING).where(where).order_by(_PENDING.c.id.desc())).first()
         return self._pending(row)
 
-    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
+    def find_pending(self, identity: str, label: str, fingerprint: str,
+                     request_key: str | None = None) -> PendingRequest | None:
         with self._tx() as conn:
             row = conn.execute(select(_PENDING).where(
-                _PENDING.c.identity == identity, _PENDING.c.label == label,
-                _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+                self._same_request(identity, label, fingerprint, request_key)).order_by(_PENDING.c.id.desc())).first()
         return self._pending(row) if row else None
 
     def get_pending(self, id: int) -> PendingRequest | None:

@@ -19,7 +19,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, update
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Conflict, CrlRecord, IssuedCert, PendingRequest, StoredCert, StoreError,
                              UserRecord)
@@ -48,8 +48,11 @@ def _hex(serial: int) -> str:
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        # Pooled: opening a connection and setting its pragmas cost more than
+        # the insert of an enrollment (the profile in docs/benchmark.md).
+        memory = ":memory:" in url
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               poolclass=NullPool if ":memory:" not in url else None)
+                               **({} if memory else {"poolclass": QueuePool, "pool_size": 8, "max_overflow": 24}))
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:

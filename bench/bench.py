@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""estkit benchmark: EST enrollments per second against the ceiling measured
+in the same run on the same machine.
+
+By default it creates throwaway estkit directories (a P-256 and an RSA-2048
+CA), pre-fills their stores (0 and 100,000 certificates), starts a real
+``estkit serve --workers N`` per combination and drives it from separate
+load-generator processes on 127.0.0.1:
+
+- ``new``: simpleenroll on a new TCP connection with a full TLS handshake per
+  enrollment (loadgen.py; sessions resumed are counted and must be 0);
+- ``keepalive``: simpleenroll over kept-alive connections (wrk with a Lua
+  script, or loadgen.py with ``--keepalive-gen loadgen``);
+- ``cacerts``: GET /cacerts over kept-alive connections.
+
+The ceiling: ``openssl s_server -www`` full handshakes per second under the
+same generator and concurrency, and one core's CSR verifications and
+certificate signatures per second with the same keys.  Server CPU seconds
+and peak RSS come from /proc for every server process.  Writes
+``bench-results/bench-<time>.json`` and ``.png`` (and ``latest.*``).
+
+``--url``, ``--trust`` and ``--user`` (or ``--cert``/``--key``) aim the same
+tool at any EST server; ``--server-pid`` adds its CPU and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import ceiling  # noqa: E402
+import fixture  # noqa: E402
+import procstat  # noqa: E402
+import wrkgen  # noqa: E402
+from plot import plot  # noqa: E402
+from hotspots import summarise  # noqa: E402
+from targets import evaluate  # noqa: E402
+
+ESTKIT = str(Path(sys.executable).parent / "estkit")
+
+
+@dataclass
+class Target:
+    """Where the load goes."""
+
+    host: str
+    port: int
+    base: str            # path prefix up to and including /.well-known/est[/label]
+    trust: str
+    user: str = ""
+    cert: str = ""
+    key: str = ""
+    server_pid: int | None = None
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from."""
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+        info["mem_total_mb"] = int(mem[1]) // 1024
+        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        pass
+    try:
+        info["openssl"] = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        info["openssl"] = None
+    import cryptography
+    info["cryptography"] = cryptography.__version__
+    return info
+
+
+# -- one measurement ---------------------------------------------------------------------------
+
+
+def run_loadgen(t: Target, *, mode: str, method: str, path: str, bodies: Path | None, concurrency: int,
+                duration: float, warmup: float) -> dict[str, Any]:
+    """loadgen.py in its own process; the server's CPU is sampled when its window opens and closes."""
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--host", t.host, "--port", str(t.port), "--path", path,
+           "--method", method, "--mode", mode, "-c", str(concurrency), "-d", str(duration), "--warmup", str(warmup)]
+    cmd += ["--cafile", t.trust] if t.trust else ["--insecure"]
+    if bodies is not None:
+        cmd += ["--bodies", str(bodies)]
+    if t.user:
+        cmd += ["--user", t.user]
+    if t.cert:
+        cmd += ["--cert", t.cert, "--key", t.key]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    before = after = procstat.sample(None)
+    result: dict[str, Any] | None = None
+    for line in proc.stdout:
+        line = line.strip()
+        if line == "window-start":
+            before = procstat.sample(t.server_pid)
+        elif line == "window-end":
+            after = procstat.sample(t.server_pid)
+        elif line.startswith("{"):
+            result = json.loads(line)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.wait() != 0 or result is None:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {err[-800:]}")
+    result["_cpu"] = (before, after)
+    return result
+
+
+def measure(t: Target, mode: str, concurrency: int, a: argparse.Namespace, csrs: Path, workdir: Path) -> dict[str, Any]:
+    """One run of one mode at one concurrency."""
+    if mode == "new":
+        r = run_loadgen(t, mode="new", method="POST", path=t.base + "/simpleenroll", bodies=csrs,
+                        concurrency=concurrency, duration=a.duration, warmup=a.warmup)
+    else:
+        method, op, body = ("POST", "simpleenroll", csrs) if mode == "keepalive" else ("GET", "cacerts", None)
+        if a.keepalive_gen == "wrk" and not t.cert:
+            auth = ""
+            if t.user and method == "POST":
+                import base64
+                auth = "Basic " + base64.b64encode(t.user.encode()).decode()
+            r = wrkgen.run_wrk(f"https://{t.host}:{t.port}{t.base}/{op}", method=method, auth=auth, bodies=body,
+                               concurrency=concurrency, duration=a.duration, warmup=a.warmup, workdir=workdir,
+                               server_pid=t.server_pid)
+        else:
+            r = run_loadgen(t, mode="keepalive", method=method, path=f"{t.base}/{op}", bodies=body,
+                            concurrency=concurrency, duration=a.duration, warmup=a.warmup)
+    before, after = r.pop("_cpu")
+    cpu = after.total() - before.total() if t.server_pid else None
+    r["server_cpu_s"] = cpu
+    r["server_cpu_ms_per_request"] = (cpu / r["ok"] * 1000) if cpu is not None and r["ok"] else None
+    r["mode"] = mode
+    return r
+
+
+_MEDIAN_FIELDS = ("rate_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "server_cpu_s",
+                  "server_cpu_ms_per_request", "loadgen_cpu_s")
+
+
+def repeated(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
+    """Run ``repeat`` times; every figure is the median of the runs (the
+    counts are summed); ``repeats`` keeps each run's rate and p99."""
+    runs = [fn() for _ in range(repeat)]
+    out = dict(runs[len(runs) // 2])
+    for f in _MEDIAN_FIELDS:
+        vals = [r[f] for r in runs if r.get(f) is not None]
+        out[f] = statistics.median(vals) if vals else None
+    for f in ("requests", "ok", "connections"):
+        out[f] = sum(r[f] or 0 for r in runs)
+    out["sessions_reused"] = (None if any(r["sessions_reused"] is None for r in runs)
+                              else sum(r["sessions_reused"] for r in runs))
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    out["statuses"], out["errors"] = statuses, errors
+    out["repeats"] = [{"rate_per_s": r["rate_per_s"], "p99_ms": r["p99_ms"]} for r in runs]
+    return out
+
+
+# -- the estkit server ---------------------------------------------------------------------------
+
+
+class Server:
+    """A real ``estkit serve`` on 127.0.0.1 with a given number of workers."""
+
+    def __init__(self, directory: Path, workers: int) -> None:
+        self.dir = directory
+        self.port = ceiling.free_port()
+        self.log = open(directory / "serve.log", "ab")
+        self.proc = subprocess.Popen([ESTKIT, "serve", "--dir", str(directory), "--listen", f"127.0.0.1:{self.port}",
+                                      "--workers", str(workers)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        ceiling.wait_port(self.port, proc=self.proc)
+        deadline = time.monotonic() + 10
+        while len(procstat.tree(self.proc.pid)) < (workers + 1 if workers > 1 else 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        """The serve process and its workers."""
+        return procstat.tree(self.proc.pid)
+
+    def rss(self) -> dict[str, float]:
+        """Peak RSS (VmHWM) per process, MB, keyed ``main`` / ``worker-<pid>``."""
+        return {("main" if pid == self.proc.pid else f"worker-{pid}"): procstat.peak_rss_mb(pid) for pid in self.pids()}
+
+    def stop(self) -> int:
+        """SIGTERM and wait."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        self.log.close()
+        return code
+
+
+def profile_run(t: Target, srv: Server, mode: str, concurrency: int, a: argparse.Namespace, csrs: Path,
+                workdir: Path, out: Path, tag: str) -> dict[str, Any] | None:
+    """One extra (not counted) run with py-spy recording every worker."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("  (py-spy not installed: no profile; pip install py-spy)", file=sys.stderr)
+        return None
+    workers = [p for p in srv.pids() if p != srv.proc.pid] or [srv.proc.pid]
+    secs = max(2, int(a.duration))
+    files = [workdir / f"pyspy-{tag}-{pid}.txt" for pid in workers]
+    spies = [subprocess.Popen([pyspy, "record", "-p", str(pid), "-d", str(secs + 1), "-r", "250", "-f", "raw",
+                               "--nonblocking", "-o", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for pid, f in zip(workers, files)]
+    time.sleep(0.5)
+    measure(t, mode, concurrency, argparse.Namespace(**{**vars(a), "duration": secs, "warmup": 0.5}), csrs, workdir)
+    for s in spies:
+        s.wait(30)
+    text = "".join(f.read_text() for f in files if f.exists())
+    (out / f"profile-{tag}.txt").write_text(text)
+    s = summarise(text, 15)
+    return {"mode": mode, "concurrency": concurrency, "file": f"profile-{tag}.txt",
+            "self": s["self"], "inclusive": s["inclusive"]}
+
+
+# -- the whole run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--quick", action="store_true", help="P-256, empty store, 8 clients, 1 s runs, no repeat (~30 s)")
+    p.add_argument("--keys", default="p256,rsa2048", help="CA key types: p256, rsa2048")
+    p.add_argument("--stores", default="0,100000", help="certificates pre-filled in the store")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--modes", default="new,keepalive,cacerts")
+    p.add_argument("--cacerts-concurrency", default="8")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians are reported)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="estkit serve --workers")
+    p.add_argument("--csrs", type=int, default=200, help="distinct CSRs rotated")
+    p.add_argument("--keepalive-gen", default="wrk" if wrkgen.have_wrk() else "loadgen", choices=["wrk", "loadgen"])
+    p.add_argument("--no-ceiling", action="store_true", help="skip openssl s_server and the crypto micro-benchmarks")
+    p.add_argument("--profile", action="store_true", help="py-spy profile of new and keepalive at 8 clients")
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--url", default="", help="an EST server to measure instead (https://host:port[/.well-known/est[/label]])")
+    p.add_argument("--trust", default="", help="with --url: CA file to verify the server (else not verified)")
+    p.add_argument("--user", default="", help="with --url: USER:PASSWORD for HTTP Basic")
+    p.add_argument("--cert", default="", help="with --url: client certificate (PEM)")
+    p.add_argument("--key", default="", help="with --url: its key")
+    p.add_argument("--server-pid", type=int, default=None, help="with --url: measure this process tree's CPU and RSS")
+    p.add_argument("--ceiling-cert", default="", help="with --url: TLS cert/key for the s_server ceiling")
+    p.add_argument("--ceiling-key", default="")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.keys, a.stores, a.concurrency, a.cacerts_concurrency = "p256", "0", "8", "8"
+        a.duration, a.warmup, a.repeat, a.csrs = min(a.duration, 1.0), min(a.warmup, 0.5), 1, 20
+    return a
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _concurrencies(a: argparse.Namespace, mode: str) -> list[int]:
+    return _ints(a.cacerts_concurrency) if mode == "cacerts" else _ints(a.concurrency)
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    cpu = r.get("server_cpu_ms_per_request")
+    reused = r.get("sessions_reused")
+    print(f"  {r['mode']:9s} {r['key']:8s} store={r['store_rows']:<7} c={r['concurrency']:<3} "
+          f"{r['rate_per_s']:8.1f}/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+          f"cpu {cpu if cpu is None else round(cpu, 2)} ms/req  reused {reused}  "
+          f"{'errors ' + str(r['errors']) if r['errors'] else ''}", flush=True)
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    """Everything the arguments ask for; returns the result document."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="estkit-bench-"))
+    modes = [m for m in a.modes.split(",") if m]
+    result: dict[str, Any] = {"tool": "estkit bench/bench.py", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "machine": machine(), "settings": {k: v for k, v in vars(a).items()},
+                              "runs": [], "ceiling": [], "micro": {}, "rss_mb": [], "profiles": [], "prefill": []}
+    csrs = fixture.write_csrs(work / "csrs.txt", a.csrs)
+    print(f"estkit bench: work dir {work}, {a.csrs} CSRs, keep-alive generator {a.keepalive_gen}", flush=True)
+    try:
+        if a.url:
+            _run_external(a, result, modes, csrs, work, out)
+        else:
+            _run_estkit(a, result, modes, csrs, work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["targets"] = evaluate(result)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in (f"bench-{stamp}.json", "latest.json"):
+        (out / name).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    if plot(result, out / f"bench-{stamp}.png"):
+        shutil.copyfile(out / f"bench-{stamp}.png", out / "latest.png")
+    print(f"wrote {out}/bench-{stamp}.json and .png")
+    for tgt in result["targets"]:
+        print(f"  [{'met ' if tgt['met'] else 'MISS' if tgt['met'] is False else ' -- '}] {tgt['name']}: {tgt['value']}")
+    return result
+
+
+def _ceiling(a: argparse.Namespace, result: dict[str, Any], cert: Path, key: Path, csrs: Path, label: str) -> None:
+    if a.no_ceiling or "new" not in a.modes.split(","):
+        return
+    with ceiling.s_server(cert, key) as (port, proc):
+        t = Target("127.0.0.1", port, "", "", server_pid=proc.pid)
+        for c in _ints(a.concurrency):
+            r = repeated(lambda: run_loadgen(t, mode="new", method="GET", path="/", bodies=None, concurrency=c,
+                                             duration=a.duration, warmup=a.warmup), a.repeat)
+            cpu_before, cpu_after = r.pop("_cpu")
+            r["server_cpu_s"] = cpu_after.total() - cpu_before.total()
+            r.update(key=label, concurrency=c, server="openssl s_server -www")
+            result["ceiling"].append(r)
+            print(f"  ceiling   s_server c={c:<3} {r['rate_per_s']:8.1f}/s  p99 {r['p99_ms']:6.1f} ms  "
+                  f"reused {r['sessions_reused']}", flush=True)
+
+
+def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str], csrs: Path, work: Path,
+                out: Path) -> None:
+    result["target"] = f"estkit serve --workers {a.workers}"
+    ceiling_done = False
+    for key in a.keys.split(","):
+        for rows in _ints(a.stores):
+            d = fixture.make_dir(work / f"{key}-{rows}", key, workers=a.workers)
+            if not a.no_ceiling and key not in result["micro"]:
+                result["micro"][key] = ceiling.crypto_micro(d, csrs)
+                m = result["micro"][key]
+                print(f"  micro     {key:8s} CSR verify {m['csr_verify_per_s']:8.0f}/s  cert sign "
+                      f"{m['cert_sign_per_s']:8.0f}/s  (one core)", flush=True)
+            if not ceiling_done:  # the TLS key is P-256 whatever the CA key: one s_server ceiling per run
+                _ceiling(a, result, d / "tls/server.pem", d / "tls/server.key", csrs, "tls-p256")
+                ceiling_done = True
+            if rows:
+                secs = fixture.prefill(d, rows)
+                result["prefill"].append({"key": key, "rows": rows, "seconds": secs})
+                print(f"  prefill   {key:8s} {rows} certificates in {secs:.1f} s", flush=True)
+            srv = Server(d, a.workers)
+            try:
+                t = Target("127.0.0.1", srv.port, "/.well-known/est", str(d / "ca.pem"),
+                           user=f"{fixture.BENCH_USER}:{fixture.BENCH_PASSWORD}", server_pid=srv.proc.pid)
+                for mode in modes:
+                    for c in _concurrencies(a, mode):
+                        r = repeated(lambda: measure(t, mode, c, a, csrs, work), a.repeat)
+                        r.update(key=key, store_rows=rows, concurrency=c)
+                        result["runs"].append(r)
+                        _print_run(r)
+                if a.profile:
+                    for mode in ("new", "keepalive"):
+                        if mode in modes:
+                            prof = profile_run(t, srv, mode, 8, a, csrs, work, out, f"{mode}-{key}-{rows}")
+                            if prof:
+                                prof.update(key=key, store_rows=rows)
+                                result["profiles"].append(prof)
+                result["rss_mb"].append({"key": key, "store_rows": rows, "peak": srv.rss()})
+                result.setdefault("rows_after", []).append({"key": key, "store_rows": rows})
+            finally:
+                code = srv.stop()
+                if code != 0:
+                    print(f"  estkit serve exited {code}; see {d}/serve.log", file=sys.stderr)
+            result["rows_after"][-1]["certificates"] = fixture.count_rows(d)
+
+
+def _run_external(a: argparse.Namespace, result: dict[str, Any], modes: list[str], csrs: Path, work: Path,
+                  out: Path) -> None:
+    u = urlsplit(a.url)
+    base = u.path.rstrip("/") or "/.well-known/est"
+    result["target"] = a.url
+    t = Target(u.hostname or "127.0.0.1", u.port or 443, base, a.trust, user=a.user, cert=a.cert, key=a.key,
+               server_pid=a.server_pid)
+    if a.ceiling_cert:
+        _ceiling(a, result, Path(a.ceiling_cert), Path(a.ceiling_key), csrs, "given")
+    for mode in modes:
+        for c in _concurrencies(a, mode):
+            r = repeated(lambda: measure(t, mode, c, a, csrs, work), a.repeat)
+            r.update(key="external", store_rows=-1, concurrency=c)
+            result["runs"].append(r)
+            _print_run(r)
+    if a.server_pid:
+        result["rss_mb"].append({"key": "external", "store_rows": -1,
+                                 "peak": {str(p): procstat.peak_rss_mb(p) for p in procstat.tree(a.server_pid)}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``make bench BENCH_ARGS=...``."""
+    a = parse_args(argv)
+    run(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -220,7 +220,14 @@ class Server:
 
 def profile_run(t: Target, srv: Server, mode: str, concurrency: int, a: argparse.Namespace, csrs: Path,
                 workdir: Path, out: Path, tag: str) -> dict[str, Any] | None:
-    """One extra (not counted) run with py-spy recording every worker."""
+    """One extra (not counted) run with ``py-spy record --gil`` on every worker,
+    and each worker thread's CPU seconds from /proc.
+
+    ``--gil`` samples only the thread holding the GIL: the Python work that
+    serialises a worker (threads waiting on a lock or a queue are not
+    samples).  C work done without the GIL (OpenSSL, SQLite) shows in the
+    thread CPU split instead: ``loop`` is a worker's event-loop thread,
+    ``threads`` its executor threads."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         print("  (py-spy not installed: no profile; pip install py-spy)", file=sys.stderr)
@@ -229,16 +236,25 @@ def profile_run(t: Target, srv: Server, mode: str, concurrency: int, a: argparse
     secs = max(2, int(a.duration))
     files = [workdir / f"pyspy-{tag}-{pid}.txt" for pid in workers]
     spies = [subprocess.Popen([pyspy, "record", "-p", str(pid), "-d", str(secs + 1), "-r", "250", "-f", "raw",
-                               "--nonblocking", "-o", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--gil", "--nonblocking", "-o", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for pid, f in zip(workers, files)]
     time.sleep(0.5)
-    measure(t, mode, concurrency, argparse.Namespace(**{**vars(a), "duration": secs, "warmup": 0.5}), csrs, workdir)
+    before = {pid: procstat.thread_cpu(pid) for pid in workers}
+    r = measure(t, mode, concurrency, argparse.Namespace(**{**vars(a), "duration": secs, "warmup": 0.5}), csrs,
+                workdir)
+    after = {pid: procstat.thread_cpu(pid) for pid in workers}
     for s in spies:
         s.wait(30)
+    split = {"loop": 0.0, "threads": 0.0}
+    for pid in workers:
+        for tid, cpu in after[pid].items():
+            split["loop" if tid == pid else "threads"] += cpu - before[pid].get(tid, 0.0)
+    n = r["requests"] or 1
     text = "".join(f.read_text() for f in files if f.exists())
     (out / f"profile-{tag}.txt").write_text(text)
     s = summarise(text, 15)
-    return {"mode": mode, "concurrency": concurrency, "file": f"profile-{tag}.txt",
+    return {"mode": mode, "concurrency": concurrency, "file": f"profile-{tag}.txt", "kind": "py-spy --gil",
+            "cpu_ms_per_request": {k: v / n * 1000 for k, v in split.items()},
             "self": s["self"], "inclusive": s["inclusive"]}
 
 
@@ -303,6 +319,14 @@ def _print_run(r: dict[str, Any]) -> None:
           f"{r['rate_per_s']:8.1f}/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
           f"cpu {cpu if cpu is None else round(cpu, 2)} ms/req  reused {reused}  "
           f"{'errors ' + str(r['errors']) if r['errors'] else ''}", flush=True)
+
+
+def _print_profile(p: dict[str, Any]) -> None:
+    split = ", ".join(f"{k} {v:.2f}" for k, v in p["cpu_ms_per_request"].items())
+    print(f"  profile   {p['mode']} {p['key']} store={p['store_rows']}: CPU ms per request {split}; "
+          f"GIL held by (self):", flush=True)
+    for name, share in p["self"][:8]:
+        print(f"            {share:5.1f}%  {name}", flush=True)
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -388,6 +412,7 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                             if prof:
                                 prof.update(key=key, store_rows=rows)
                                 result["profiles"].append(prof)
+                                _print_profile(prof)
                 result["rss_mb"].append({"key": key, "store_rows": rows, "peak": srv.rss()})
                 result.setdefault("rows_after", []).append({"key": key, "store_rows": rows})
             finally:

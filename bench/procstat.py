@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcSample", "tree", "cpu_seconds", "peak_rss_mb", "sample"]
+__all__ = ["ProcSample", "tree", "cpu_seconds", "thread_cpu", "peak_rss_mb", "sample"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -57,6 +57,23 @@ def cpu_seconds(pid: int) -> float:
     if f is None:
         return 0.0
     return (int(f[11]) + int(f[12])) / _TICK
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of one process, seconds."""
+    out = {}
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        f = text[text.rindex(")") + 2:].split()
+        out[tid] = (int(f[11]) + int(f[12])) / _TICK
+    return out
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -143,3 +143,21 @@ def test_certs_only_roundtrip(tmp_path: object) -> None:
     assert isinstance(got[0], x509.Certificate)
     with pytest.raises(BadRequest):
         parse_certs_only(b"\x30\x03\x02\x01\x00")
+
+
+def test_request_fingerprint_ignores_attributes_not_what_is_asked() -> None:
+    """A linked CSR re-signed with another tls-unique (RFC 7030 §3.5) asks for the same certificate."""
+    key, other = generate_key("ec:P-256"), generate_key("ec:P-256")
+    base = load_csr(build_csr(key, cn="d", dns=["d.example"], challenge_password="AAAAAAAAAAAAAAAA"))
+    cases = {
+        "ok/other-challenge-password": (build_csr(key, cn="d", dns=["d.example"],
+                                                  challenge_password="BBBBBBBBBBBBBBBB"), True),
+        "ok/no-challenge-password": (build_csr(key, cn="d", dns=["d.example"]), True),
+        "fail/other-key": (build_csr(other, cn="d", dns=["d.example"]), False),
+        "fail/other-subject": (build_csr(key, cn="e", dns=["d.example"]), False),
+        "fail/other-san": (build_csr(key, cn="d", dns=["e.example"]), False),
+    }
+    for case, (der, same) in cases.items():
+        info = load_csr(der)
+        assert info.fingerprint != base.fingerprint, case
+        assert (info.request_fingerprint == base.request_fingerprint) is same, case

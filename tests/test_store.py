@@ -87,6 +87,22 @@ def test_ok_pending_dedup(store: SqlStore) -> None:
     assert not store.decide_pending(a.id, "rejected", "late", now, expected="pending")
 
 
+def test_ok_pending_found_by_request_key(store: SqlStore) -> None:
+    """RFC 7030 §3.5/§4.2.3: a re-signed linked CSR (other bytes, same request) finds its request;
+    a row stored without a request key is still found by its CSR fingerprint."""
+    now = datetime.now(UTC)
+    a = store.add_pending("user:a", "default", "simpleenroll", "1" * 64, b"csr1", now, "k" * 64)
+    b = store.add_pending("user:a", "default", "simpleenroll", "2" * 64, b"csr2", now, "k" * 64)
+    assert a.id == b.id and a.request_key == "k" * 64
+    found = store.find_pending("user:a", "default", "3" * 64, "k" * 64)
+    assert found is not None and found.id == a.id
+    assert store.find_pending("user:b", "default", "1" * 64, "k" * 64) is None
+    assert store.find_pending("user:a", "default", "1" * 64, "j" * 64) is None
+    old = store.add_pending("user:a", "default", "simpleenroll", "9" * 64, b"csr9", now)
+    again = store.find_pending("user:a", "default", "9" * 64, "x" * 64)
+    assert again is not None and again.id == old.id and again.request_key is None
+
+
 def test_ok_migration_is_idempotent(store: SqlStore) -> None:
     from estkit.store.sql import migrate
     migrate(store.engine)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from estkit.ca.profile import EKU_NAMES, KEY_USAGE_NAMES, Profile
+from estkit.ca.authz import Policy, PolicyError, policy_from_mapping
+from estkit.ca.profile import DIGEST_ALGORITHMS, EKU_NAMES, KEY_USAGE_NAMES, Profile
 from estkit.protocol.constants import OPERATIONS
 from estkit.protocol.keys import check_key_type_name
 
@@ -40,7 +41,6 @@ class ServerConfig:
     realm: str = "estkit"
     access_log: bool = True
     crl_listen: str = ""
-    digest_auth: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Config:
     store_url: str
     cas: dict[str, CaConfig]
     labels: dict[str, Profile]
+    # [policies.NAME] tables in file order: the first whose selectors match applies (estkit.ca.authz).
+    policies: tuple[Policy, ...] = ()
 
     def path(self, p: str) -> Path:
         """A configured path, resolved against DIR."""
@@ -124,8 +126,8 @@ def load_config(directory: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for key in doc:
-        if key not in ("server", "store", "cas", "labels"):
-            raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels)")
+        if key not in ("server", "store", "cas", "labels", "policies"):
+            raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels, policies)")
 
     server = ServerConfig(**_check("server", _table(doc, "server"), ServerConfig))
     if server.max_body_bytes <= 0 or server.workers < 0 or server.body_timeout_seconds <= 0:
@@ -166,7 +168,19 @@ def load_config(directory: Path) -> Config:
         raise ConfigError("no label configured: add a [labels.NAME] table")
     if server.default_label not in labels:
         raise ConfigError(f"'server.default_label' names unknown label {server.default_label!r}")
-    return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels)
+    policies: list[Policy] = []
+    for name, raw in _table(doc, "policies").items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"'policies.{name}' must be a table")
+        try:
+            pol = policy_from_mapping(name, raw, selectors=True)
+        except PolicyError as exc:
+            raise ConfigError(f"'policies.{name}': {exc}") from None
+        for lab in pol.labels or ():
+            if lab not in labels:
+                raise ConfigError(f"'policies.{name}.labels' names unknown label {lab!r}")
+        policies.append(pol)
+    return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels, policies=tuple(policies))
 
 
 def _profile(name: str, raw: dict[str, Any], cas: dict[str, CaConfig]) -> Profile:
@@ -194,6 +208,9 @@ def _profile(name: str, raw: dict[str, Any], cas: dict[str, CaConfig]) -> Profil
         if eku not in EKU_NAMES and not all(p.isdigit() for p in eku.split(".")):
             raise ConfigError(f"'{sec}.extended_key_usage': unknown {eku!r} (one of {', '.join(EKU_NAMES)} "
                               "or a dotted OID)")
+    for alg in vals.get("digest_auth", ()):
+        if alg not in DIGEST_ALGORITHMS:
+            raise ConfigError(f"'{sec}.digest_auth': unknown {alg!r} (one of {', '.join(DIGEST_ALGORITHMS)})")
     if vals.get("validity_days", 1) <= 0:
         raise ConfigError(f"'{sec}.validity_days' must be positive")
     return Profile(label=name, **vals)

@@ -16,10 +16,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from estkit.ca.authz import AUTHORIZED_POLICIES, GUARD, MAX_VALIDITY
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
 from estkit.ca.passwords import VerifyCache
-from estkit.ca.policy import DEFAULT_POLICIES, EnrollRequest, RequestPolicy, check_result, shape_certificate
-from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, PendingRequest, Store, StoreError
+from estkit.ca.policy import EnrollRequest, RequestPolicy, check_result, shape_certificate
+from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, IssueGuard, PendingRequest, Store,
+                             StoreError, UserRecord)
 from estkit.ca.profile import Profile
 from estkit.ca.signer import Signer
 from estkit.errors import BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, Unauthorized
@@ -61,7 +63,7 @@ class CertificateAuthority:
     """Issues certificates for EST labels under a fixed policy sequence."""
 
     def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
-                 default_label: str, policies: Sequence[RequestPolicy] = DEFAULT_POLICIES,
+                 default_label: str, policies: Sequence[RequestPolicy] = AUTHORIZED_POLICIES,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         for p in profiles.values():
             if p.ca not in cas:
@@ -164,9 +166,12 @@ class CertificateAuthority:
 
     def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
         ca = self.cas[req.profile.ca]
+        guard = req.extra.get(GUARD)  # one-time code, once-only claim, rate limit (estkit.ca.authz)
+        validity = req.extra.get(MAX_VALIDITY)
         for _attempt in range(3):
             serial = x509.random_serial_number()  # 159 random bits, positive
-            builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial)
+            builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial,
+                                        validity=validity if isinstance(validity, timedelta) else None)
             cert = ca.signer.sign_certificate(builder)
             check_result(cert, ca.cert)
             record = IssuedCert(
@@ -180,8 +185,10 @@ class CertificateAuthority:
                                detail=req.operation)
             try:
                 # Recorded before it is returned: no record, no certificate.
-                self.store.record_issued(record, event)
+                self.store.record_issued(record, event, guard if isinstance(guard, IssueGuard) else None)
                 return cert
+            except GuardFailed as exc:
+                raise Forbidden(exc.reason) from None
             except Conflict as exc:
                 if not self._serial_taken(serial):
                     log.error("cannot record issued certificate: %s", exc)
@@ -196,16 +203,18 @@ class CertificateAuthority:
 
     def _approval_gate(self, req: EnrollRequest, key: CertificatePublicKeyTypes) -> x509.Certificate:
         """Hold the request for an operator: 202 + Retry-After until decided.
-        The same CSR from the same identity finds the same pending request."""
+        The same request from the same identity finds the same pending request,
+        also when a linked CSR was re-signed on a new connection (RFC 7030
+        §3.5: its challengePassword changes with tls-unique)."""
         p, ctx, fp = req.profile, req.ctx, req.csr.fingerprint
-        who = str(ctx.identity)
-        pend = self.store.find_pending(who, p.label, fp)
+        who, rkey = str(ctx.identity), req.csr.request_fingerprint
+        pend = self.store.find_pending(who, p.label, fp, rkey)
         if pend is not None and pend.status == "pending" and \
                 pend.created_at + timedelta(hours=p.pending_expiry_hours) <= req.now:
             self.store.decide_pending(pend.id, "expired", "not decided in time", req.now, expected="pending")
             pend = self.store.get_pending(pend.id)
         if pend is None or pend.status == "expired":
-            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now)
+            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now, rkey)
             self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
                                            csr_fingerprint=fp, detail=f"{req.operation}: request {pend.id}"))
         if pend.status == "pending":
@@ -264,11 +273,18 @@ class CertificateAuthority:
         user = self.store.get_user(name)
         if user is None or user.disabled or not self._passwords.verify(name, password, user.password_hash):
             raise Unauthorized("wrong user name or password")
+        return self.user_identity(user)
+
+    def user_identity(self, user: UserRecord) -> Identity:
+        """The identity of a user whose credentials verified (Basic or Digest),
+        or Unauthorized when the user is disabled, expired or a used one-time code."""
+        if user.disabled:
+            raise Unauthorized("wrong user name or password")
         if user.expires_at is not None and user.expires_at <= self.clock():
             raise Unauthorized("credentials expired")
         if user.one_time and user.used_at is not None:
             raise Unauthorized("one-time enrollment code already used")
-        return Identity(IdentityKind.USER, name, policy=user.policy, one_time=user.one_time)
+        return Identity(IdentityKind.USER, user.name, policy=user.policy, one_time=user.one_time)
 
     def identify_certificate(self, der: bytes) -> Identity:
         """The identity of a TLS client certificate the handshake already verified.

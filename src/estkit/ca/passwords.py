@@ -17,7 +17,11 @@ import secrets
 import threading
 import time
 
-__all__ = ["hash_password", "verify_password", "generate_password", "VerifyCache"]
+__all__ = ["hash_password", "verify_password", "generate_password", "VerifyCache", "digest_ha1",
+           "DIGEST_HASHES"]
+
+# RFC 7616 §3.4.2: the hash function behind each Digest algorithm name.
+DIGEST_HASHES = {"SHA-256": "sha256", "MD5": "md5"}
 
 _N, _R, _P = 2**14, 8, 1
 
@@ -42,6 +46,14 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
+
+
+def digest_ha1(name: str, realm: str, password: str) -> dict[str, str]:
+    """RFC 7616 §3.4.2 A1 = H(username:realm:password) for every algorithm: what a
+    server must keep to verify Digest.  It is password-equivalent (for Digest, in
+    this realm), which is why it is stored only for users who ask for Digest."""
+    a1 = f"{name}:{realm}:{password}".encode()
+    return {alg: hashlib.new(h, a1).hexdigest() for alg, h in DIGEST_HASHES.items()}
 
 
 def generate_password(nbytes: int = 18) -> str:

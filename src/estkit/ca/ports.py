@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Protocol
 
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
-           "UserStore", "AuditLog", "PendingStore", "CrlStore", "Store", "StoreError", "Conflict"]
+           "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
+           "IssueGuard", "GuardFailed", "Claim"]
 
 
 class StoreError(Exception):
@@ -19,6 +20,39 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """A write collided with an existing row (e.g. duplicate serial or user)."""
+
+
+class GuardFailed(StoreError):
+    """An :class:`IssueGuard` refused the issuance; ``rule`` names what failed
+    (``one-time``, ``once`` or ``rate``).  Nothing was recorded."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.rule = rule
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class IssueGuard:
+    """Conditions checked in the transaction that records a certificate (see
+    ``estkit.ca.authz``), so concurrent requests on any number of processes or
+    nodes cannot get around them."""
+
+    consume_user: str | None = None   # a one-time user, marked used by this issuance
+    claim: str | None = None          # a once-only claim key, taken by this issuance
+    rate_count: int | None = None     # at most this many certificates of the requester ...
+    rate_seconds: int = 0             # ... issued within this many seconds (this one included)
+    policy: str = ""                  # the policy that asked (for the refusal's reason)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A once-only enrollment that has been used (e.g. a bootstrap certificate)."""
+
+    key: str
+    identity: str
+    at: datetime
+    serial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,9 @@ class UserRecord:
     used_at: datetime | None = None
     disabled: bool = False
     policy: dict[str, object] | None = None
+    # RFC 7616 HTTP Digest: H(user:realm:password) per algorithm, stored only when
+    # Digest is wanted for the user (it is password-equivalent for Digest).
+    digest_ha1: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,8 @@ class PendingRequest:
     decided_at: datetime | None = None
     reason: str = ""
     serial: int | None = None
+    # What is asked for (CsrInfo.request_fingerprint): how retries find the request.
+    request_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +163,11 @@ class CrlRecord:
 class CertStore(Protocol):
     """Issued certificates."""
 
-    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None) -> None:
+    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None,
+                      guard: IssueGuard | None = None) -> None:
         """Write the certificate (and its audit event, in the same transaction)
-        durably; raise StoreError if that failed, Conflict on a duplicate serial."""
+        durably; raise StoreError if that failed, Conflict on a duplicate serial,
+        GuardFailed (nothing written) when ``guard`` refuses."""
 
     def get_certificate(self, serial: int) -> StoredCert | None:
         """The certificate with this serial, or None."""
@@ -176,20 +217,33 @@ class AuditLog(Protocol):
         """Append one event."""
 
     def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
-                   label: str | None = None) -> list[AuditEvent]:
+                   label: str | None = None, since: datetime | None = None,
+                   serial: int | None = None) -> list[AuditEvent]:
         """Recent events, newest first, optionally filtered."""
+
+
+class ClaimStore(Protocol):
+    """Once-only enrollments that were used (``IssueGuard.claim``)."""
+
+    def list_claims(self) -> list[Claim]:
+        """Every taken claim, newest first."""
+
+    def remove_claim(self, key: str) -> bool:
+        """Allow the claim's enrollment again; False if there was none."""
 
 
 class PendingStore(Protocol):
     """Requests held for manual approval."""
 
     def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
-                    csr_der: bytes, at: datetime) -> PendingRequest:
-        """Store a new pending request, or return the existing one for the same
-        identity, label and CSR fingerprint."""
+                    csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
+        """Store a new pending request, or return the pending one for the same
+        identity, label and request (``request_key``, else CSR fingerprint)."""
 
-    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
-        """The latest request for this identity, label and CSR."""
+    def find_pending(self, identity: str, label: str, fingerprint: str,
+                     request_key: str | None = None) -> PendingRequest | None:
+        """The latest request for this identity, label and request: same
+        ``request_key`` (a row stored without one: same CSR fingerprint)."""
 
     def get_pending(self, id: int) -> PendingRequest | None:
         """By id."""
@@ -213,5 +267,5 @@ class CrlStore(Protocol):
         (None: no CRL yet).  False when another process got there first."""
 
 
-class Store(CertStore, UserStore, AuditLog, PendingStore, CrlStore, Protocol):
+class Store(CertStore, UserStore, AuditLog, PendingStore, CrlStore, ClaimStore, Protocol):
     """Everything the CA and the server need from storage."""

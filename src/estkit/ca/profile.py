@@ -9,7 +9,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from estkit.protocol.constants import OID_KP_CMC_RA
 
-__all__ = ["Profile", "KEY_USAGE_NAMES", "EKU_NAMES", "eku_oid", "key_usage_extension"]
+__all__ = ["Profile", "KEY_USAGE_NAMES", "EKU_NAMES", "eku_oid", "key_usage_extension", "DIGEST_ALGORITHMS"]
+
+# RFC 7616 §3.1 algorithms offered for HTTP Digest (strongest first).
+DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 
 KEY_USAGE_NAMES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
                    "key_agreement", "key_cert_sign", "crl_sign")
@@ -70,3 +73,5 @@ class Profile:
     # identityProofV2 shared secrets (RFC 5272 §6.2): a file of "identification:secret"
     # lines ("":secret for requests without identification), relative to DIR.
     cmc_secrets_file: str | None = None
+    # RFC 7616 HTTP Digest offered on this label besides Basic, e.g. ["SHA-256", "MD5"] (off when empty).
+    digest_auth: tuple[str, ...] = ()

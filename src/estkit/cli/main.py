@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from estkit.ca.passwords import generate_password, hash_password
-from estkit.ca.ports import Conflict, StoreError, UserRecord
+from estkit.ca.ports import StoreError, UserRecord
 from estkit.config import Config, ConfigError, load_config, resolve_dir, split_listen
 from estkit.protocol.keys import check_key_type_name
 
@@ -80,57 +80,7 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
 
 @cli.group()
 def user() -> None:
-    """Manage HTTP Basic users."""
-
-
-@user.command("add")
-@click.argument("name")
-@_dir_option
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--generate", is_flag=True, help="Generate a random password and print it.")
-def user_add(name: str, directory: str | None, password_stdin: bool, generate: bool) -> None:
-    """Add user NAME (password stored only as a salted scrypt hash)."""
-    if password_stdin == generate:
-        raise click.UsageError("give exactly one of --password-stdin or --generate")
-    if generate:
-        password = generate_password()
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            raise click.ClickException("empty password on standard input")
-    cfg = _config(directory)
-    from estkit.cli.wiring import build_store
-    store = build_store(cfg)
-    try:
-        store.add_user(UserRecord(name=name, password_hash=hash_password(password), created_at=datetime.now(UTC)))
-    except Conflict:
-        raise click.ClickException(f"user {name!r} already exists") from None
-    if generate:
-        click.echo(password)
-    else:
-        click.echo(f"added user {name}", err=True)
-
-
-@user.command("list")
-@_dir_option
-def user_list(directory: str | None) -> None:
-    """List users."""
-    from estkit.cli.wiring import build_store
-    for u in build_store(_config(directory)).list_users():
-        flags = [f for f, on in (("one-time", u.one_time), ("used", u.used_at is not None),
-                                 ("disabled", u.disabled)) if on]
-        click.echo(f"{u.name}\t{u.created_at:%Y-%m-%d}\t{','.join(flags) or '-'}")
-
-
-@user.command("remove")
-@click.argument("name")
-@_dir_option
-def user_remove(name: str, directory: str | None) -> None:
-    """Remove user NAME."""
-    from estkit.cli.wiring import build_store
-    if not build_store(_config(directory)).remove_user(name):
-        raise click.ClickException(f"no user {name!r}")
-    click.echo(f"removed user {name}", err=True)
+    """Manage HTTP Basic (and Digest) users: add, list, show, set, remove (estkit.cli.users)."""
 
 
 @cli.command()

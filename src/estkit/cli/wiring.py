@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.authz import Authorize
+from estkit.ca.policy import DEFAULT_POLICIES
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
@@ -17,6 +20,8 @@ from estkit.store import SqlStore, open_store
 
 __all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
            "build_revocation", "load_cmc_secrets"]
+
+log = logging.getLogger("estkit")
 
 
 def load_pem_certs(path: Path) -> list[x509.Certificate]:
@@ -60,7 +65,8 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
         cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain),
                               extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
-                                default_label=config.server.default_label)
+                                default_label=config.server.default_label,
+                                policies=(*DEFAULT_POLICIES, Authorize(config.policies)))
 
 
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
@@ -68,6 +74,14 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
+    if config.server.bootstrap_trust and not any(not p.kinds or "bootstrap" in p.kinds for p in config.policies):
+        log.warning("server.bootstrap_trust is set but no [policies.NAME] applies to bootstrap identities: "
+                    "any device of those manufacturers may request any name (docs/policy.md)")
+    if any(p.digest_auth for p in config.labels.values()):
+        from estkit.server.digest import DigestAuth, load_secret
+        digest = DigestAuth(ca, config.server.realm, load_secret(config.dir))
+        server.auth.extra.append(digest.authenticate)
+        server.auth.challenge_hooks.append(digest.challenges)
     from estkit.ca.cmc import CmcService
     from estkit.ca.keygen import ServerKeyGen
     from estkit.server.handlers_cmc import register_cmc

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from estkit.errors import BadRequest
@@ -45,6 +45,21 @@ class CsrInfo:
     @property
     def fingerprint(self) -> str:
         return csr_fingerprint(self.der)
+
+    @property
+    def request_fingerprint(self) -> str:
+        """SHA-256 of what the request asks for (public key, subject, requested
+        extensions), hex, without its attributes or signature.
+
+        RFC 7030 §3.5 and §4.2.3: a client retrying a held request on a new TLS
+        connection must rebuild a linked CSR with that connection's tls-unique,
+        so the CSR's bytes change while the request stays the same."""
+        h = hashlib.sha256()
+        for part in (self.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+                     self.csr.subject.public_bytes(),
+                     *(ext.oid.dotted_string.encode() + ext.value.public_bytes() for ext in self.csr.extensions)):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.hexdigest()
 
 
 def csr_fingerprint(der: bytes) -> str:
@@ -86,9 +101,11 @@ def build_csr(
     ips: Sequence[str] = (),
     challenge_password: str | None = None,
     extra_attributes: Sequence[tuple[x509.ObjectIdentifier, bytes]] = (),
+    octet_attributes: Sequence[tuple[x509.ObjectIdentifier, bytes]] = (),
 ) -> bytes:
     """DER of a PKCS#10 request signed by ``key``.  ``challenge_password`` is
-    encoded as a PrintableString (RFC 7030 Appendix A.3)."""
+    encoded as a PrintableString (RFC 7030 Appendix A.3); ``octet_attributes``
+    as OCTET STRINGs (the key identifiers of RFC 7030 §4.4.1.1 and §4.4.1.2)."""
     name = subject if subject is not None else x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
     builder = x509.CertificateSigningRequestBuilder().subject_name(name)
@@ -101,6 +118,8 @@ def build_csr(
                                         _tag=x509.name._ASN1Type.PrintableString)
     for oid, value in extra_attributes:
         builder = builder.add_attribute(oid, value)
+    for oid, value in octet_attributes:
+        builder = builder.add_attribute(oid, value, _tag=x509.name._ASN1Type.OctetString)
     algo = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
     return builder.sign(key, algo).public_bytes(Encoding.DER)
 

@@ -123,7 +123,7 @@ class EstServer:
         # Authenticate before looking at what an unknown peer sent.
         ctx = RequestContext(peer=peer_of(request))
         if op.require_auth:
-            ctx = await self.auth.context(request, require=True)
+            ctx = await self.auth.context(request, require=True, label=label)
         info["identity"] = str(ctx.identity)
         der = b""
         if op.content_types:

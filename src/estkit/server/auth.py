@@ -20,11 +20,16 @@ from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, Unauthorized
 
-__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "ExtraAuth"]
+__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "ExtraAuth", "ChallengeHook"]
 
-# A hook that can authenticate a request by other means (HTTP Digest): returns
-# an identity, None when the request carries no such credentials, or raises Unauthorized.
-ExtraAuth = Callable[[web.Request], Awaitable[Identity | None]]
+# A hook that can authenticate a request by other means (HTTP Digest), given the
+# request and its CA label: an identity, None when the request carries no such
+# credentials, or Unauthorized (whose challenges, if any, replace the hook's usual ones).
+ExtraAuth = Callable[[web.Request, str | None], Awaitable[Identity | None]]
+# More WWW-Authenticate challenges for a label (Digest), sent before Basic's: a
+# label that turns Digest on prefers it, and clients that read only the first
+# challenge (Bouncy Castle) then use it.
+ChallengeHook = Callable[[str | None], list[str]]
 
 
 def ssl_object(request: web.Request) -> ssl.SSLObject | None:
@@ -68,8 +73,13 @@ class Authenticator:
         self.realm = realm
         self.extra: list[ExtraAuth] = []
         self.challenges: list[str] = [f'Basic realm="{realm}", charset="UTF-8"']
+        self.challenge_hooks: list[ChallengeHook] = []
 
-    async def context(self, request: web.Request, *, require: bool) -> RequestContext:
+    def challenges_for(self, label: str | None) -> tuple[str, ...]:
+        """Every WWW-Authenticate value for a label: the hooks' (Digest), then Basic."""
+        return (*(ch for hook in self.challenge_hooks for ch in hook(label)), *self.challenges)
+
+    async def context(self, request: web.Request, *, require: bool, label: str | None = None) -> RequestContext:
         """Authenticate.  With ``require``, a request with neither credentials
         nor a client certificate gets 401 and the challenges."""
         loop = asyncio.get_running_loop()
@@ -87,19 +97,25 @@ class Authenticator:
         creds = basic_credentials(request.headers.get("Authorization"))
         if creds is not None:
             if sslobj is None:
-                raise Unauthorized("credentials are accepted only over TLS", challenges=tuple(self.challenges))
+                raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
             try:
                 user = await loop.run_in_executor(None, self.ca.authenticate_user, *creds)
             except Unauthorized as exc:
-                raise Unauthorized(exc.reason, challenges=tuple(self.challenges)) from None
+                raise Unauthorized(exc.reason, challenges=self.challenges_for(label)) from None
         else:
             for hook in self.extra:
-                user = await hook(request)
+                if sslobj is None:
+                    break
+                try:
+                    user = await hook(request, label)
+                except Unauthorized as exc:
+                    challenges = (*exc.challenges, *self.challenges) if exc.challenges else self.challenges_for(label)
+                    raise Unauthorized(exc.reason, challenges=challenges) from None
                 if user is not None:
                     break
         primary = user or cert_identity or ANONYMOUS
         if require and primary is ANONYMOUS:
             raise Unauthorized("authentication required: HTTP Basic or a TLS client certificate",
-                               challenges=tuple(self.challenges), empty_body=True)
+                               challenges=self.challenges_for(label), empty_body=True)
         return RequestContext(identity=primary, client_cert=cert_identity, peer=peer_of(request),
                               tls_unique=tls_unique, tls_version=version)

@@ -31,7 +31,7 @@ def register_cmc(server: EstServer, cmc: CmcService) -> None:
             raise EstError("request body not received in time", status=408) from None
         auth_error: EstError | None = None
         try:
-            ctx = await srv.auth.context(req.http, require=False)
+            ctx = await srv.auth.context(req.http, require=False, label=req.label)
         except EstError as exc:  # wrong Basic password, revoked TLS certificate...
             ctx, auth_error = RequestContext(peer=peer_of(req.http)), exc
         out: CmcOutcome = await srv.run_ca(cmc.fullcmc, req.label, body, req.http.headers.get("Content-Type"),

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Certificate", "User", "Audit", "Pending", "CrlState"]
+__all__ = ["Base", "Certificate", "User", "Audit", "Pending", "CrlState", "ClaimRow"]
 
 
 class Base(DeclarativeBase):
@@ -37,6 +37,7 @@ class Certificate(Base):
     __table_args__ = (
         Index("ix_certificates_ca_revoked", "ca", "revoked_at"),
         Index("ix_certificates_issued_at", "issued_at"),
+        Index("ix_certificates_requester_issued", "requester", "issued_at"),  # rate limits
     )
 
 
@@ -52,6 +53,7 @@ class User(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     policy: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    digest_ha1: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Audit(Base):
@@ -86,8 +88,10 @@ class Pending(Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    request_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_pending_lookup", "identity", "label", "csr_fingerprint"),)
+    __table_args__ = (Index("ix_pending_lookup", "identity", "label", "csr_fingerprint"),
+                      Index("ix_pending_request_key", "identity", "label", "request_key"))
 
 
 class CrlState(Base):
@@ -99,3 +103,13 @@ class CrlState(Base):
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ClaimRow(Base):
+    """Once-only enrollments that were used (a bootstrap certificate's), by key."""
+
+    __tablename__ = "claims"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    serial: Mapped[str | None] = mapped_column(String(42), nullable=True)

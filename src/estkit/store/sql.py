@@ -10,21 +10,24 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import (Connection, Engine, Table, and_, bindparam, create_engine, event, func, insert, or_, select, text,
+                        update)
 from sqlalchemy import delete as sa_delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from estkit.ca.ports import (AuditEvent, Conflict, CrlRecord, IssuedCert, PendingRequest, StoredCert, StoreError,
-                             UserRecord)
-from estkit.store.models import Audit, Certificate, CrlState, Pending, User
+from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
+                             PendingRequest, StoredCert, StoreError, UserRecord)
 from estkit.store.groupcommit import GroupCommit
+from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
 from estkit.store.writelock import WriteLock
 
 __all__ = ["SqlStore", "open_store", "migrate"]
@@ -34,6 +37,7 @@ _USERS: Table = User.__table__  # type: ignore[assignment]
 _AUDIT: Table = Audit.__table__  # type: ignore[assignment]
 _PENDING: Table = Pending.__table__  # type: ignore[assignment]
 _CRL: Table = CrlState.__table__  # type: ignore[assignment]
+_CLAIMS: Table = ClaimRow.__table__  # type: ignore[assignment]
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
 # The statements of every enrollment, built once with their values passed as
 # parameters: ``insert(t).values(**row)`` builds a bind parameter per column
@@ -139,13 +143,23 @@ class SqlStore:
 
     # -- certificates -------------------------------------------------------
 
-    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None) -> None:
+    def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None,
+                      guard: IssueGuard | None = None) -> None:
+        now = datetime.now(UTC)
         row = dict(serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
                    sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
                    requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
-                   der=cert.der, issued_at=datetime.now(UTC))
-        # Concurrent enrollments share a transaction; each returns once its row is committed.
-        self._issued.submit((row, self._audit_row(audit) if audit is not None else None))
+                   der=cert.der, issued_at=now)
+        audit_row = self._audit_row(audit) if audit is not None else None
+        if guard is None:
+            # Concurrent enrollments share a transaction; each returns once its row is committed.
+            self._issued.submit((row, audit_row))
+            return
+        with self._tx(write=True) as conn:  # a guarded issuance is a transaction of its own
+            if audit_row is not None:
+                conn.execute(_INSERT_AUDIT, audit_row)
+            conn.execute(_INSERT_CERT, row)
+            self._guard(conn, guard, cert, now)  # raising rolls everything above back
 
     def _write_issued(self, rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         with self._tx(write=True) as conn:
@@ -153,6 +167,37 @@ class SqlStore:
             if audits:
                 conn.execute(_INSERT_AUDIT, audits)
             conn.execute(_INSERT_CERT, [c for c, _ in rows])
+
+    @staticmethod
+    def _guard(conn: Connection, guard: IssueGuard, cert: IssuedCert, now: datetime) -> None:
+        """The guard's conditions, in the recording transaction (see IssueGuard)."""
+        if guard.consume_user is not None:
+            # Guarded UPDATE: of concurrent transactions exactly one sees used_at NULL
+            # (PostgreSQL re-checks the row after the first commits; SQLite serializes writers).
+            res = conn.execute(update(_USERS).where(_USERS.c.name == guard.consume_user, _USERS.c.used_at.is_(None))
+                               .values(used_at=now))
+            if res.rowcount != 1:
+                raise GuardFailed("one-time", "not authorized: rule 'one-time': the one-time enrollment code "
+                                  "was already used")
+        if guard.claim is not None:
+            ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(_CLAIMS)
+            taken = conn.execute(ins.values(key=guard.claim, identity=cert.requester[:255], at=now,
+                                            serial=_hex(cert.serial)).on_conflict_do_nothing()
+                                 .returning(_CLAIMS.c.key)).first()
+            if taken is None:  # another transaction holds (or committed) this claim
+                raise GuardFailed("once", f"not authorized: policy '{guard.policy}' rule 'once': this identity "
+                                  "has already enrolled once (an operator may allow it again)")
+        if guard.rate_count is not None:
+            if conn.dialect.name == "postgresql":
+                # Serialize the requester's count-and-insert across connections and nodes.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                             {"k": cert.requester})
+            since = now - timedelta(seconds=guard.rate_seconds)
+            n = conn.execute(select(func.count()).select_from(_CERTS).where(
+                _CERTS.c.requester == cert.requester, _CERTS.c.issued_at > since)).scalar_one()
+            if n > guard.rate_count:  # this certificate is already counted
+                raise GuardFailed("rate", f"not authorized: policy '{guard.policy}' rule 'rate': at most "
+                                  f"{guard.rate_count} certificates per {guard.rate_seconds}s for {cert.requester}")
 
     @staticmethod
     def _cert(row: Any) -> StoredCert:
@@ -201,14 +246,15 @@ class SqlStore:
     def _user(row: Any) -> UserRecord:
         return UserRecord(name=row.name, password_hash=row.password_hash, created_at=_utc(row.created_at),  # type: ignore[arg-type]
                           one_time=bool(row.one_time), expires_at=_utc(row.expires_at),
-                          used_at=_utc(row.used_at), disabled=bool(row.disabled), policy=row.policy)
+                          used_at=_utc(row.used_at), disabled=bool(row.disabled), policy=row.policy,
+                          digest_ha1=row.digest_ha1)
 
     def add_user(self, user: UserRecord) -> None:
         with self._tx(write=True) as conn:
             conn.execute(insert(_USERS).values(
                 name=user.name, password_hash=user.password_hash, created_at=user.created_at,
                 one_time=user.one_time, expires_at=user.expires_at, used_at=user.used_at,
-                disabled=user.disabled, policy=user.policy))
+                disabled=user.disabled, policy=user.policy, digest_ha1=user.digest_ha1))
 
     def get_user(self, name: str) -> UserRecord | None:
         with self._tx() as conn:
@@ -224,7 +270,7 @@ class SqlStore:
         with self._tx(write=True) as conn:
             conn.execute(update(_USERS).where(_USERS.c.name == user.name).values(
                 password_hash=user.password_hash, one_time=user.one_time, expires_at=user.expires_at,
-                used_at=user.used_at, disabled=user.disabled, policy=user.policy))
+                used_at=user.used_at, disabled=user.disabled, policy=user.policy, digest_ha1=user.digest_ha1))
 
     def remove_user(self, name: str) -> bool:
         with self._tx(write=True) as conn:
@@ -254,8 +300,13 @@ class SqlStore:
         conn.execute(_INSERT_AUDIT, cls._audit_row(event))
 
     def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
-                   label: str | None = None) -> list[AuditEvent]:
+                   label: str | None = None, since: datetime | None = None,
+                   serial: int | None = None) -> list[AuditEvent]:
         q = select(_AUDIT).order_by(_AUDIT.c.id.desc()).limit(limit)
+        if since is not None:
+            q = q.where(_AUDIT.c.at >= since)
+        if serial is not None:
+            q = q.where(_AUDIT.c.serial == _hex(serial))
         if event:
             q = q.where(_AUDIT.c.event == event)
         if identity:
@@ -269,6 +320,18 @@ class SqlStore:
                            serial=int(r.serial, 16) if r.serial else None, detail=r.detail,
                            at=_utc(r.at), id=r.id) for r in rows]
 
+    # -- once-only claims -------------------------------------------------------
+
+    def list_claims(self) -> list[Claim]:
+        with self._tx() as conn:
+            rows = conn.execute(select(_CLAIMS).order_by(_CLAIMS.c.at.desc())).all()
+        return [Claim(key=r.key, identity=r.identity, at=_utc(r.at),  # type: ignore[arg-type]
+                      serial=int(r.serial, 16) if r.serial else None) for r in rows]
+
+    def remove_claim(self, key: str) -> bool:
+        with self._tx(write=True) as conn:
+            return conn.execute(sa_delete(_CLAIMS).where(_CLAIMS.c.key == key)).rowcount > 0
+
     # -- pending ------------------------------------------------------------
 
     @staticmethod
@@ -276,28 +339,34 @@ class SqlStore:
         return PendingRequest(id=r.id, identity=r.identity, label=r.label, operation=r.operation,
                               csr_fingerprint=r.csr_fingerprint, csr_der=r.csr_der, status=r.status,
                               created_at=_utc(r.created_at), decided_at=_utc(r.decided_at),  # type: ignore[arg-type]
-                              reason=r.reason, serial=int(r.serial, 16) if r.serial else None)
+                              reason=r.reason, serial=int(r.serial, 16) if r.serial else None,
+                              request_key=r.request_key)
+
+    @staticmethod
+    def _same_request(identity: str, label: str, fingerprint: str, request_key: str | None) -> Any:
+        # Rows written before request keys existed are found by their CSR fingerprint.
+        same = _PENDING.c.csr_fingerprint == fingerprint
+        if request_key is not None:
+            same = or_(_PENDING.c.request_key == request_key, and_(_PENDING.c.request_key.is_(None), same))
+        return and_(_PENDING.c.identity == identity, _PENDING.c.label == label, same)
 
     def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
-                    csr_der: bytes, at: datetime) -> PendingRequest:
+                    csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
+        where = self._same_request(identity, label, fingerprint, request_key)
         with self._tx(write=True) as conn:
-            row = conn.execute(select(_PENDING).where(
-                _PENDING.c.identity == identity, _PENDING.c.label == label,
-                _PENDING.c.csr_fingerprint == fingerprint, _PENDING.c.status == "pending")).first()
+            row = conn.execute(select(_PENDING).where(where, _PENDING.c.status == "pending")).first()
             if row is None:
                 conn.execute(insert(_PENDING).values(
                     identity=identity, label=label, operation=operation, csr_fingerprint=fingerprint,
-                    csr_der=csr_der, status="pending", created_at=at, reason=""))
-                row = conn.execute(select(_PENDING).where(
-                    _PENDING.c.identity == identity, _PENDING.c.label == label,
-                    _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+                    csr_der=csr_der, status="pending", created_at=at, reason="", request_key=request_key))
+                row = conn.execute(select(_PENDING).where(where).order_by(_PENDING.c.id.desc())).first()
         return self._pending(row)
 
-    def find_pending(self, identity: str, label: str, fingerprint: str) -> PendingRequest | None:
+    def find_pending(self, identity: str, label: str, fingerprint: str,
+                     request_key: str | None = None) -> PendingRequest | None:
         with self._tx() as conn:
             row = conn.execute(select(_PENDING).where(
-                _PENDING.c.identity == identity, _PENDING.c.label == label,
-                _PENDING.c.csr_fingerprint == fingerprint).order_by(_PENDING.c.id.desc())).first()
+                self._same_request(identity, label, fingerprint, request_key)).order_by(_PENDING.c.id.desc())).first()
         return self._pending(row) if row else None
 
     def get_pending(self, id: int) -> PendingRequest | None:

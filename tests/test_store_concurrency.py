@@ -134,6 +134,22 @@ def test_write_lock_excludes_across_processes(tmp_path: Path, procs: int) -> Non
     assert int(counter.read_text()) == 50 * procs
 
 
+def test_write_lock_without_its_file_still_serialises_threads(tmp_path: Path) -> None:
+    # fail/...: the lock file cannot be created; writes go on (SQLite's own locking remains)
+    lock = WriteLock(tmp_path / "missing-dir" / "db-lock")
+    inside = [0, 0]
+
+    def body(_i: int) -> None:
+        with lock.held():
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+            time.sleep(0.002)
+            inside[0] -= 1
+
+    assert _threads(8, body) == [None] * 8
+    assert inside[1] == 1
+
+
 # -- VerifyCache: a burst of the same credentials costs one scrypt -------------------------------
 
 @pytest.mark.parametrize("password,expected,max_scrypts", [

@@ -13,6 +13,7 @@ else still meets SQLite's own locking and busy timeout).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["WriteLock"]
+
+log = logging.getLogger("estkit.store")
 
 
 class WriteLock:
@@ -31,11 +34,18 @@ class WriteLock:
         self._fd: int | None = None
         self._pid = -1
 
-    def _file(self) -> int:
+    def _file(self) -> int | None:
         # flock belongs to the open file: a forked worker must open its own.
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._pid != os.getpid():
             self._pid = os.getpid()
+            try:
+                # Read-only is enough to flock, so a lock file another user
+                # created (an operator's CLI run) still works for the server.
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                # Correctness does not depend on it: SQLite's own lock and busy timeout remain.
+                log.warning("cannot open %s (%s): writers wait in SQLite's busy handler", self.path, exc)
+                self._fd = None
         return self._fd
 
     @contextmanager
@@ -43,6 +53,9 @@ class WriteLock:
         """Hold the lock for the duration of a write transaction."""
         with self._thread_lock:
             fd = self._file()
+            if fd is None:
+                yield
+                return
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield

@@ -64,12 +64,16 @@ def generate_password(nbytes: int = 18) -> str:
 class VerifyCache:
     """Remembers (user, password, stored hash) triples that verified, for ``ttl`` seconds."""
 
-    def __init__(self, ttl: float = 300.0, max_entries: int = 10000) -> None:
+    def __init__(self, ttl: float = 300.0, max_entries: int = 10000, max_parallel: int = 2) -> None:
         self._key = os.urandom(32)
         self._ttl = ttl
         self._max = max_entries
         self._seen: dict[bytes, float] = {}
         self._lock = threading.Lock()
+        # One scrypt holds 16 MiB (128 * r * N bytes): a burst of first requests
+        # must neither run one per thread nor repeat the same verification.
+        self._inflight: dict[bytes, threading.Lock] = {}
+        self._parallel = threading.BoundedSemaphore(max_parallel)
 
     def _tag(self, name: str, password: str, stored: str) -> bytes:
         msg = b"\0".join((name.encode(), password.encode(), stored.encode()))
@@ -78,17 +82,36 @@ class VerifyCache:
     def verify(self, name: str, password: str, stored: str) -> bool:
         """Like :func:`verify_password`, but remembers success for a while."""
         tag = self._tag(name, password, stored)
-        now = time.monotonic()
         with self._lock:
-            exp = self._seen.get(tag)
-            if exp is not None and exp > now:
+            if self._fresh(tag):
                 return True
-        if not verify_password(password, stored):
-            return False
+            flight = self._inflight.setdefault(tag, threading.Lock())
+        # The same credentials arriving together: the first verifies, the others
+        # wait for it and find the result (a failure is not remembered: they retry).
+        with flight:
+            with self._lock:
+                if self._fresh(tag):
+                    return True
+            try:
+                with self._parallel:
+                    ok = verify_password(password, stored)
+                if ok:
+                    self._remember(tag)
+            finally:
+                with self._lock:
+                    if self._inflight.get(tag) is flight:
+                        del self._inflight[tag]
+        return ok
+
+    def _fresh(self, tag: bytes) -> bool:
+        exp = self._seen.get(tag)
+        return exp is not None and exp > time.monotonic()
+
+    def _remember(self, tag: bytes) -> None:
+        now = time.monotonic()
         with self._lock:
             if len(self._seen) >= self._max:
                 self._seen = {k: v for k, v in self._seen.items() if v > now}
                 if len(self._seen) >= self._max:
                     self._seen.clear()
             self._seen[tag] = now + self._ttl
-        return True

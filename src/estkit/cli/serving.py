@@ -42,7 +42,7 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    sock = bind(host, port)
+    sock = bind(host, port, reuse_port=n > 1)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra)

@@ -1,4 +1,4 @@
-"""Serving: one listening socket shared by N worker processes.
+"""Serving: N worker processes on one listening port (an SO_REUSEPORT group).
 
 The CA (keys loaded once) and the TLS context are built before forking, so
 every worker shares the same session-ticket keys and a resumed session works
@@ -24,12 +24,40 @@ log = logging.getLogger("estkit.server")
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (IPv6 when the host is an IPv6 address)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket (IPv6 when the host is an IPv6 address).
+
+    With ``reuse_port`` it opens an SO_REUSEPORT group that :func:`serve`
+    extends with one socket per worker; a port another process already
+    listens on is still refused (a plain bind probes it first), so a second
+    server never silently shares the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    reuse_port = reuse_port and hasattr(socket, "SO_REUSEPORT")
+    if reuse_port and port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
     sock.set_inheritable(True)
     return sock
+
+
+def _worker_sockets(sock: socket.socket, workers: int) -> list[socket.socket]:
+    """A listening socket per worker.  Workers sharing one socket do not share
+    its connections: the first to wake accepts a whole burst (wrk's eight
+    keep-alive connections all went to one worker, leaving the other core
+    idle).  In an SO_REUSEPORT group the kernel spreads connections over the
+    workers' sockets.  Without the group every worker shares ``sock``."""
+    reuse = hasattr(socket, "SO_REUSEPORT") and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    if workers <= 1 or not reuse:
+        return [sock] * max(workers, 1)
+    host, port = sock.getsockname()[:2]
+    extra = []
+    for _ in range(workers - 1):
+        s = socket.create_server((host, port), family=sock.family, backlog=1024, reuse_port=True)
+        s.set_inheritable(True)
+        extra.append(s)
+    return [sock, *extra]
 
 
 async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
@@ -73,12 +101,16 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
         _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra))
         return 0
     children: list[int] = []
-    for _ in range(workers):
+    socks = _worker_sockets(sock, workers)
+    for own in socks:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra))
+                for s in socks:
+                    if s is not own:
+                        s.close()  # each worker holds only its own socket of the group
+                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -87,6 +119,9 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
                 sys.stderr.flush()
                 os._exit(code)
         children.append(pid)
+    if socks[0] is not socks[-1]:
+        for s in socks:  # the workers hold them; a worker's socket closes with it
+            s.close()
     stopping = False
 
     def _forward(signum: int, _frame: object) -> None:

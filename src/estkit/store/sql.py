@@ -9,24 +9,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import (Connection, Engine, Table, and_, create_engine, event, func, insert, or_, select, text,
+from sqlalchemy import (Connection, Engine, Table, and_, bindparam, create_engine, event, func, insert, or_, select, text,
                         update)
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
                              PendingRequest, StoredCert, StoreError, UserRecord)
+from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
+from estkit.store.writelock import WriteLock
 
 __all__ = ["SqlStore", "open_store", "migrate"]
 
@@ -37,6 +39,13 @@ _PENDING: Table = Pending.__table__  # type: ignore[assignment]
 _CRL: Table = CrlState.__table__  # type: ignore[assignment]
 _CLAIMS: Table = ClaimRow.__table__  # type: ignore[assignment]
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
+# The statements of every enrollment, built once with their values passed as
+# parameters: ``insert(t).values(**row)`` builds a bind parameter per column
+# on every call (a third of an enrollment's time, docs/benchmark.md).
+_INSERT_CERT = insert(_CERTS)
+_INSERT_AUDIT = insert(_AUDIT)
+_GET_CERT = select(_CERTS).where(_CERTS.c.serial == bindparam("serial"))
+_GET_USER = select(_USERS).where(_USERS.c.name == bindparam("name"))
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -52,8 +61,11 @@ def _hex(serial: int) -> str:
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        # Pooled: opening a connection and setting its pragmas cost more than
+        # the insert of an enrollment (the profile in docs/benchmark.md).
+        memory = ":memory:" in url
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               poolclass=NullPool if ":memory:" not in url else None)
+                               **({} if memory else {"poolclass": QueuePool, "pool_size": 8, "max_overflow": 24}))
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -79,11 +91,19 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _sqlite_lock(url: str) -> WriteLock | None:
+    """The writers' lock of a SQLite file (None for other databases)."""
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return WriteLock(Path(path + "-lock"))
+
+
 def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
     """A store on ``url``; with ``upgrade`` the schema is migrated first."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(_make_engine(url))
+    store = SqlStore(_make_engine(url), write_lock=_sqlite_lock(url))
     if upgrade:
         try:
             migrate(store.engine)
@@ -95,17 +115,22 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
 class SqlStore:
     """Implements ``estkit.ca.ports.Store``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_lock: WriteLock | None = None) -> None:
         self.engine = engine
         self._pid = os.getpid()
+        self._write_lock = write_lock
+        self._issued: GroupCommit[tuple[dict[str, Any], dict[str, Any] | None]] = GroupCommit(
+            self._write_issued, lambda one: self._write_issued([one]))
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, write: bool = False) -> Iterator[Connection]:
+        """A transaction; ``write`` ones queue on the SQLite writers' lock."""
         if os.getpid() != self._pid:  # a forked worker must not reuse the parent's sockets
             self.engine.dispose(close=False)
             self._pid = os.getpid()
+        lock = self._write_lock.held() if write and self._write_lock is not None else nullcontext()
         try:
-            with self.engine.begin() as conn:
+            with lock, self.engine.begin() as conn:
                 yield conn
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
@@ -121,16 +146,27 @@ class SqlStore:
     def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None,
                       guard: IssueGuard | None = None) -> None:
         now = datetime.now(UTC)
-        with self._tx() as conn:
-            if audit is not None:
-                self._audit(conn, audit)  # on SQLite the first write takes the database's write lock
-            conn.execute(insert(_CERTS).values(
-                serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
-                sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
-                requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
-                der=cert.der, issued_at=now))
-            if guard is not None:
-                self._guard(conn, guard, cert, now)  # raising rolls everything above back
+        row = dict(serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
+                   sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
+                   requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
+                   der=cert.der, issued_at=now)
+        audit_row = self._audit_row(audit) if audit is not None else None
+        if guard is None:
+            # Concurrent enrollments share a transaction; each returns once its row is committed.
+            self._issued.submit((row, audit_row))
+            return
+        with self._tx(write=True) as conn:  # a guarded issuance is a transaction of its own
+            if audit_row is not None:
+                conn.execute(_INSERT_AUDIT, audit_row)
+            conn.execute(_INSERT_CERT, row)
+            self._guard(conn, guard, cert, now)  # raising rolls everything above back
+
+    def _write_issued(self, rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+        with self._tx(write=True) as conn:
+            audits = [a for _, a in rows if a is not None]
+            if audits:
+                conn.execute(_INSERT_AUDIT, audits)
+            conn.execute(_INSERT_CERT, [c for c, _ in rows])
 
     @staticmethod
     def _guard(conn: Connection, guard: IssueGuard, cert: IssuedCert, now: datetime) -> None:
@@ -174,7 +210,7 @@ class SqlStore:
 
     def get_certificate(self, serial: int) -> StoredCert | None:
         with self._tx() as conn:
-            row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
+            row = conn.execute(_GET_CERT, {"serial": _hex(serial)}).first()
         return self._cert(row) if row else None
 
     def serial_exists(self, serial: int) -> bool:
@@ -182,7 +218,7 @@ class SqlStore:
             return conn.execute(select(_CERTS.c.serial).where(_CERTS.c.serial == _hex(serial))).first() is not None
 
     def revoke(self, serial: int, reason: str, at: datetime) -> StoredCert | None:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             conn.execute(update(_CERTS).where(_CERTS.c.serial == _hex(serial), _CERTS.c.revoked_at.is_(None))
                          .values(revoked_at=at, revocation_reason=reason))
             row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
@@ -214,7 +250,7 @@ class SqlStore:
                           digest_ha1=row.digest_ha1)
 
     def add_user(self, user: UserRecord) -> None:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             conn.execute(insert(_USERS).values(
                 name=user.name, password_hash=user.password_hash, created_at=user.created_at,
                 one_time=user.one_time, expires_at=user.expires_at, used_at=user.used_at,
@@ -222,7 +258,7 @@ class SqlStore:
 
     def get_user(self, name: str) -> UserRecord | None:
         with self._tx() as conn:
-            row = conn.execute(select(_USERS).where(_USERS.c.name == name)).first()
+            row = conn.execute(_GET_USER, {"name": name}).first()
         return self._user(row) if row else None
 
     def list_users(self) -> list[UserRecord]:
@@ -231,18 +267,18 @@ class SqlStore:
         return [self._user(r) for r in rows]
 
     def update_user(self, user: UserRecord) -> None:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             conn.execute(update(_USERS).where(_USERS.c.name == user.name).values(
                 password_hash=user.password_hash, one_time=user.one_time, expires_at=user.expires_at,
                 used_at=user.used_at, disabled=user.disabled, policy=user.policy, digest_ha1=user.digest_ha1))
 
     def remove_user(self, name: str) -> bool:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             return conn.execute(sa_delete(_USERS).where(_USERS.c.name == name)).rowcount > 0
 
     def consume_one_time(self, name: str, at: datetime) -> bool:
         # One UPDATE guarded by "used_at IS NULL": of concurrent callers exactly one wins.
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             res = conn.execute(update(_USERS).where(_USERS.c.name == name, _USERS.c.used_at.is_(None))
                                .values(used_at=at))
             return res.rowcount == 1
@@ -250,15 +286,18 @@ class SqlStore:
     # -- audit --------------------------------------------------------------
 
     def audit(self, event: AuditEvent) -> None:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             self._audit(conn, event)
 
     @staticmethod
-    def _audit(conn: Connection, event: AuditEvent) -> None:
-        conn.execute(insert(_AUDIT).values(
-            at=event.at or datetime.now(UTC), event=event.event, identity=event.identity[:255],
-            peer=event.peer[:64], label=event.label, csr_fingerprint=event.csr_fingerprint,
-            serial=_hex(event.serial) if event.serial is not None else None, detail=event.detail))
+    def _audit_row(event: AuditEvent) -> dict[str, Any]:
+        return dict(at=event.at or datetime.now(UTC), event=event.event, identity=event.identity[:255],
+                    peer=event.peer[:64], label=event.label, csr_fingerprint=event.csr_fingerprint,
+                    serial=_hex(event.serial) if event.serial is not None else None, detail=event.detail)
+
+    @classmethod
+    def _audit(cls, conn: Connection, event: AuditEvent) -> None:
+        conn.execute(_INSERT_AUDIT, cls._audit_row(event))
 
     def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
                    label: str | None = None, since: datetime | None = None,
@@ -290,7 +329,7 @@ class SqlStore:
                       serial=int(r.serial, 16) if r.serial else None) for r in rows]
 
     def remove_claim(self, key: str) -> bool:
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             return conn.execute(sa_delete(_CLAIMS).where(_CLAIMS.c.key == key)).rowcount > 0
 
     # -- pending ------------------------------------------------------------
@@ -314,7 +353,7 @@ class SqlStore:
     def add_pending(self, identity: str, label: str, operation: str, fingerprint: str,
                     csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
         where = self._same_request(identity, label, fingerprint, request_key)
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             row = conn.execute(select(_PENDING).where(where, _PENDING.c.status == "pending")).first()
             if row is None:
                 conn.execute(insert(_PENDING).values(
@@ -348,7 +387,7 @@ class SqlStore:
         q = update(_PENDING).where(_PENDING.c.id == id)
         if expected is not None:
             q = q.where(_PENDING.c.status == expected)
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             res = conn.execute(q.values(status=status, reason=reason, decided_at=at,
                                         serial=_hex(serial) if serial is not None else None))
             return res.rowcount == 1
@@ -366,7 +405,7 @@ class SqlStore:
     def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
         values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)
         try:
-            with self._tx() as conn:
+            with self._tx(write=True) as conn:
                 if previous_number is None:
                     conn.execute(insert(_CRL).values(ca=crl.ca, **values))
                     return True

@@ -1,0 +1,111 @@
+"""The ceiling measured in the same run: what one core does of the
+unavoidable crypto, and ``openssl s_server`` full handshakes per second under
+the same load generator.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+__all__ = ["crypto_micro", "s_server", "wait_port", "free_port"]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until 127.0.0.1:port accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _rate(fn: object, seconds: float) -> float:
+    call = fn  # type: ignore[assignment]
+    n, t0 = 0, time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(20):
+            call()  # type: ignore[operator]
+        n += 20
+        t = time.perf_counter()
+        if t >= end:
+            return n / (t - t0)
+
+
+def crypto_micro(ca_dir: Path, csr_file: Path, seconds: float = 1.0) -> dict[str, float]:
+    """One core (this process, one thread): CSR verifications per second
+    (parse + signature check of the benchmark's CSRs) and certificate
+    signatures per second with the directory's CA key (a finished builder
+    signed and encoded), and the enrollments per second those two allow."""
+    csrs = [base64.b64decode(line) for line in csr_file.read_text().split()]
+    key = serialization.load_pem_private_key((ca_dir / "ca/root.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca/root.pem").read_bytes())
+    leaf = x509.load_der_x509_csr(csrs[0]).public_key()
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "micro")]))
+               .issuer_name(ca.subject).public_key(leaf).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    i = [0]
+
+    def verify() -> None:
+        i[0] += 1
+        if not x509.load_der_x509_csr(csrs[i[0] % len(csrs)]).is_signature_valid:
+            raise AssertionError("benchmark CSR does not verify")
+
+    def sign() -> None:
+        builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
+
+    v = _rate(verify, seconds)
+    s = _rate(sign, seconds)
+    return {"csr_verify_per_s": v, "cert_sign_per_s": s, "crypto_ms_per_enroll": 1000 / v + 1000 / s,
+            "crypto_enroll_per_s_per_core": 1 / (1 / v + 1 / s)}
+
+
+@contextmanager
+def s_server(cert: Path, key: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``openssl s_server -www`` with the EST server's own TLS certificate and
+    key, session tickets at OpenSSL's default (as the EST server): yields
+    (port, process)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl not installed: no handshake ceiling")
+    port = free_port()
+    proc = subprocess.Popen([openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key),
+                             "-www", "-quiet", "-naccept", "100000000"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,94 @@
+"""CPU time and peak memory of a process tree, from /proc (no psutil).
+
+The server's CPU seconds are utime + stime of the ``estkit serve`` process
+and every worker it forked (its children); peak RSS is each process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ProcSample", "tree", "cpu_seconds", "thread_cpu", "peak_rss_mb", "sample"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """CPU seconds per pid at one moment."""
+
+    cpu: dict[int, float]
+
+    def total(self) -> float:
+        """All pids' CPU seconds."""
+        return sum(self.cpu.values())
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields after "pid (comm)"
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat(int(entry))
+            if f is not None:
+                parents[int(entry)] = int(f[1])
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in parents or pid == root:
+            out.append(pid)
+            todo += [c for c, p in parents.items() if p == pid]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, seconds (0 when it is gone)."""
+    f = _stat(pid)
+    if f is None:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of one process, seconds."""
+    out = {}
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        f = text[text.rindex(")") + 2:].split()
+        out[tid] = (int(f[11]) + int(f[12])) / _TICK
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set size) of one process, MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def sample(root: int | None) -> ProcSample:
+    """CPU seconds of every process in ``root``'s tree (empty without a root)."""
+    if root is None:
+        return ProcSample({})
+    return ProcSample({pid: cpu_seconds(pid) for pid in tree(root)})

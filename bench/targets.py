@@ -1,0 +1,73 @@
+"""The issue's targets, checked against a result document.
+
+Each target names the figure it reads; ``met`` is None when the run did not
+measure it (another mode, no ceiling, one store size only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["evaluate", "NEW_RATIO", "NEW_P99_MS", "KEEPALIVE_RATE", "STORE_SPREAD", "RSS_MB"]
+
+NEW_RATIO = 0.85        # new-connection enrollments / s_server full handshakes, 8 clients
+NEW_P99_MS = 100.0
+KEEPALIVE_RATE = 2000.0  # keep-alive enrollments per second, 8 clients
+STORE_SPREAD = 0.10     # throughput change from an empty store to 100,000 certificates
+RSS_MB = 150.0          # per server process
+
+
+def _run(result: dict[str, Any], mode: str, key: str, rows: int, c: int = 8) -> dict[str, Any] | None:
+    for r in result["runs"]:
+        if (r["mode"], r["key"], r["store_rows"], r["concurrency"]) == (mode, key, rows, c):
+            return r
+    return None
+
+
+def _ceiling(result: dict[str, Any], c: int = 8) -> dict[str, Any] | None:
+    for r in result.get("ceiling", []):
+        if r["concurrency"] == c:
+            return r
+    return None
+
+
+def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per target and (CA key, store size): name, value, met."""
+    out: list[dict[str, Any]] = []
+    keys = sorted({r["key"] for r in result["runs"]})
+    stores = sorted({r["store_rows"] for r in result["runs"]})
+    ceil = _ceiling(result)
+    for r in result["runs"]:
+        if r["mode"] == "new" and r["concurrency"] == 8:
+            ratio = r["rate_per_s"] / ceil["rate_per_s"] if ceil and ceil["rate_per_s"] else None
+            r["ratio_to_s_server"] = ratio
+            out.append({"name": f"new connection, 8 clients, {r['key']}, store {r['store_rows']}: "
+                                f">= {NEW_RATIO:.0%} of s_server and p99 < {NEW_P99_MS:.0f} ms",
+                        "value": (f"{r['rate_per_s']:.0f}/s = {ratio:.0%} of {ceil['rate_per_s']:.0f}/s, "
+                                  f"p99 {r['p99_ms']:.1f} ms" if ratio is not None else
+                                  f"{r['rate_per_s']:.0f}/s, p99 {r['p99_ms']:.1f} ms (no ceiling)"),
+                        "met": None if ratio is None else (ratio >= NEW_RATIO and r["p99_ms"] < NEW_P99_MS)})
+            reused = r.get("sessions_reused")
+            out.append({"name": f"new connection, {r['key']}, store {r['store_rows']}: every handshake full",
+                        "value": f"{reused} of {r['connections']} sessions resumed",
+                        "met": reused == 0 if reused is not None else None})
+        if r["mode"] == "keepalive" and r["concurrency"] == 8:
+            out.append({"name": f"keep-alive, 8 clients, {r['key']}, store {r['store_rows']}: "
+                                f">= {KEEPALIVE_RATE:.0f} enrollments/s",
+                        "value": f"{r['rate_per_s']:.0f}/s, p99 {r['p99_ms']:.1f} ms",
+                        "met": r["rate_per_s"] >= KEEPALIVE_RATE})
+    if len(stores) >= 2:
+        lo, hi = stores[0], stores[-1]
+        for key in keys:
+            for mode in ("new", "keepalive", "cacerts"):
+                a, b = _run(result, mode, key, lo), _run(result, mode, key, hi)
+                if a and b and a["rate_per_s"]:
+                    change = b["rate_per_s"] / a["rate_per_s"] - 1
+                    out.append({"name": f"{mode}, 8 clients, {key}: store {lo} -> {hi} within {STORE_SPREAD:.0%}",
+                                "value": f"{a['rate_per_s']:.0f}/s -> {b['rate_per_s']:.0f}/s ({change:+.1%})",
+                                "met": abs(change) <= STORE_SPREAD})
+    peaks = [(v, name, e["key"], e["store_rows"]) for e in result.get("rss_mb", []) for name, v in e["peak"].items()]
+    if peaks:
+        v, name, key, rows = max(peaks)
+        out.append({"name": f"peak RSS per server process < {RSS_MB:.0f} MB",
+                    "value": f"max {v:.1f} MB ({name}, {key}, store {rows})", "met": v < RSS_MB})
+    return out

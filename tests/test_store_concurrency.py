@@ -1,0 +1,186 @@
+"""Concurrency on the write path: group commit, the SQLite writers' lock, and
+the password-verification cache under a burst of identical requests.
+
+Real SQLite files, real threads and real forked processes; nothing stubbed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from estkit.ca import passwords
+from estkit.ca.passwords import VerifyCache, hash_password
+from estkit.ca.ports import AuditEvent, Conflict, IssuedCert
+from estkit.store import open_store
+from estkit.store.groupcommit import GroupCommit
+from estkit.store.writelock import WriteLock
+
+
+def _issued(serial: int) -> tuple[IssuedCert, AuditEvent]:
+    now = datetime.now(UTC)
+    cert = IssuedCert(serial=serial, ca="default", label="default", subject=f"CN=dev{serial}", sans=(),
+                      not_before=now, not_after=now + timedelta(days=1), requester="user:t", key_type="ec:P-256",
+                      csr_fingerprint="00" * 32, der=b"\x30\x00")
+    return cert, AuditEvent(event="issued", identity="user:t", peer="-", label="default", serial=serial)
+
+
+def _threads(n: int, fn: object) -> list[BaseException | None]:
+    """Run fn(i) in n threads released together; each thread's exception or None."""
+    results: list[BaseException | None] = [None] * n
+    gate = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        gate.wait()
+        try:
+            fn(i)  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results[i] = exc
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    return results
+
+
+# -- GroupCommit on its own: batching and failure attribution ------------------------------------
+
+@pytest.mark.parametrize("bad", [(), (3,), (0, 5)], ids=["ok/all-good", "fail/one-bad", "fail/two-bad"])
+def test_group_commit_batches_and_attributes_failures(bad: tuple[int, ...]) -> None:
+    committed: list[int] = []
+    batches: list[int] = []
+
+    def write_batch(items: list[int]) -> None:
+        time.sleep(0.02)  # a slow transaction: the others queue behind it
+        if any(i in bad for i in items):
+            raise RuntimeError("batch refused")
+        committed.extend(items)
+        batches.append(len(items))
+
+    def write_one(item: int) -> None:
+        time.sleep(0.02)
+        if item in bad:
+            raise ValueError(f"item {item} refused")
+        committed.append(item)
+        batches.append(1)
+
+    gc: GroupCommit[int] = GroupCommit(write_batch, write_one)
+
+    def submit(i: int) -> None:
+        gc.submit(i)
+        assert i in committed  # committed before submit returns
+
+    errors = _threads(12, submit)
+    assert [i for i, e in enumerate(errors) if e is not None] == sorted(bad)
+    assert all(isinstance(errors[i], ValueError) for i in bad)
+    assert sorted(committed) == [i for i in range(12) if i not in bad]
+    if not bad:
+        assert max(batches) > 1, "concurrent submits shared no transaction"
+
+
+# -- the real store: every concurrent record lands, a duplicate is that request's Conflict ------
+
+@pytest.mark.parametrize("duplicate", [False, True], ids=["ok/distinct-serials", "fail/one-duplicate-serial"])
+def test_concurrent_record_issued(tmp_path: Path, duplicate: bool) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/c.db")
+    serials = list(range(1000, 1032))
+    if duplicate:
+        store.record_issued(*_issued(serials[7]))
+    errors = _threads(len(serials), lambda i: store.record_issued(*_issued(serials[i])))
+    if duplicate:
+        assert isinstance(errors[7], Conflict)
+        assert [e for i, e in enumerate(errors) if i != 7] == [None] * (len(serials) - 1)
+    else:
+        assert errors == [None] * len(serials)
+    assert store.count_certificates() == len(serials)
+    audits = store.list_audit(limit=1000, event="issued")
+    assert len(audits) == len(serials)
+    store.close()
+
+
+# -- WriteLock: mutual exclusion across forked processes -------------------------------------------
+
+def _increment(lock_path: str, counter: str, n: int) -> None:
+    lock = WriteLock(Path(lock_path))
+    for _ in range(n):
+        with lock.held():
+            p = Path(counter)
+            value = int(p.read_text())
+            time.sleep(0.0005)  # widen the window a lost update would need
+            p.write_text(str(value + 1))
+
+
+@pytest.mark.parametrize("procs", [2, 4], ids=["ok/two-processes", "ok/four-processes"])
+def test_write_lock_excludes_across_processes(tmp_path: Path, procs: int) -> None:
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    lock = WriteLock(tmp_path / "db-lock")
+    with lock.held():  # the parent's lock, inherited by fork, must not let children in together
+        pass
+    ctx = multiprocessing.get_context("fork")
+    ps = [ctx.Process(target=_increment, args=(str(tmp_path / "db-lock"), str(counter), 50)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    assert int(counter.read_text()) == 50 * procs
+
+
+def test_write_lock_without_its_file_still_serialises_threads(tmp_path: Path) -> None:
+    # fail/...: the lock file cannot be created; writes go on (SQLite's own locking remains)
+    lock = WriteLock(tmp_path / "missing-dir" / "db-lock")
+    inside = [0, 0]
+
+    def body(_i: int) -> None:
+        with lock.held():
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+            time.sleep(0.002)
+            inside[0] -= 1
+
+    assert _threads(8, body) == [None] * 8
+    assert inside[1] == 1
+
+
+# -- VerifyCache: a burst of the same credentials costs one scrypt -------------------------------
+
+@pytest.mark.parametrize("password,expected,max_scrypts", [
+    ("right", True, 1),
+    ("wrong", False, 8),
+], ids=["ok/burst-verifies-once", "fail/wrong-password-never-cached"])
+def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: str, expected: bool,
+                                    max_scrypts: int) -> None:
+    stored = hash_password("right")
+    calls: list[int] = []
+    running = [0, 0]  # now, peak
+    lock = threading.Lock()
+    real = passwords.verify_password
+
+    def counting(pw: str, st: str) -> bool:  # the real scrypt, counted
+        with lock:
+            calls.append(1)
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            return real(pw, st)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    cache = VerifyCache()
+    results: list[bool] = [False] * 8
+    errors = _threads(8, lambda i: results.__setitem__(i, cache.verify("u", password, stored)))
+    assert errors == [None] * 8
+    assert results == [expected] * 8
+    assert 1 <= len(calls) <= max_scrypts
+    assert running[1] <= 2, "more scrypts at once than the memory bound allows"
+    assert cache.verify("u", "right", stored) is True

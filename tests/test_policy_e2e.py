@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from policy_support import MFG_CA, check_audit, enroll, issue_cert, last_audit, manufacturer
+from policy_support import MFG_CA, audit, check_audit, enroll, issue_cert, last_audit, manufacturer
 from support import ServerProcess, estkit, init_server_dir, server
 
 from estkit.protocol import constants as c
-from estkit.protocol.cmc import FAIL_INFO, TaggedRequest
+from estkit.protocol.cmc import FAIL_INFO, Control, TaggedRequest, ctl_revoke_request
 from estkit.protocol.cmc_client import build_cmc_request, parse_cmc_response
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
@@ -177,12 +177,17 @@ def test_ra_waives_linking_but_not_other_certificates(env: Env) -> None:
 
 def _cmc(env: Env, label: str | None, cn: str, dns: list[str]) -> tuple[int, Any]:
     """A Full PKI Request signed by the RA for a device's PKCS#10 (RFC 7030 §3.7, RFC 5272 §3.2.1.3.1)."""
+    device = generate_key("ec:P-256")
+    return _ra_cmc(env, label, requests=[TaggedRequest(1, "tcr", build_csr(device, cn=cn, dns=dns))])
+
+
+def _ra_cmc(env: Env, label: str | None, *, requests: Sequence[TaggedRequest] = (),
+            controls: Sequence[Control] = ()) -> tuple[int, Any]:
+    """A Full PKI Request signed by the RA certificate ra-1."""
     cp, kp, ra = env.certs["ra-1"]
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     ra_key = load_pem_private_key(kp.read_bytes(), None)
-    device = generate_key("ec:P-256")
-    req = build_cmc_request(ra_key, requests=[TaggedRequest(1, "tcr", build_csr(device, cn=cn, dns=dns))],  # type: ignore[arg-type]
-                            signer_cert=ra)
+    req = build_cmc_request(ra_key, requests=requests, controls=controls, signer_cert=ra)  # type: ignore[arg-type]
     conn = http.client.HTTPSConnection("localhost", env.srv.port, context=env.srv.ssl_context(), timeout=30)
     path = f"/.well-known/est/{label}/fullcmc" if label else "/.well-known/est/fullcmc"
     conn.request("POST", path, body=base64.b64encode(req.der) + b"\n", headers={"Content-Type": c.CT_CMC_REQUEST})
@@ -211,6 +216,30 @@ def test_ra_fullcmc_is_authorized_like_simpleenroll(env: Env, label: str | None,
         st = reply.statuses[0]
         assert st.fail_info == FAIL_INFO["badIdentity"] and f"rule '{rule}'" in (st.status_string or ""), st
         assert e["event"] == "refused" and f"rule '{rule}'" in e["detail"] and e["label"] == (label or "default")
+
+
+@pytest.mark.parametrize("cn,label,rule", [
+    pytest.param("dev-rv", None, None, id="ok/ra-revokes-within-policy"),
+    pytest.param("printer-rv", None, "cn", id="fail/ra-revokes-other-name"),
+    pytest.param("dev-rv2", "devices", "labels", id="fail/ra-revokes-other-label"),
+])
+def test_ra_revokes_only_within_its_policy(env: Env, cn: str, label: str | None, rule: str | None) -> None:
+    """RFC 5272 §6.11 on behalf of others: an RA revokes only what its policy would let it request."""
+    _cp, _kp, target = issue_cert(env.srv, env.tmp, cn, user=ALICE, label=label)
+    serial = format(target.serial_number, "x")
+    got, reply = _ra_cmc(env, None, controls=[ctl_revoke_request(1, target.issuer, target.serial_number, 1)])
+    listed = estkit("certs", "list", "--revoked", "--dir", str(env.srv.dir)).stdout.decode()
+    ident = f"cert:{env.certs['ra-1'][2].subject.rfc4514_string()}"
+    e = audit(env.srv, "--serial", serial, "--limit", "1")[0]
+    if rule is None:
+        assert got == 200 and serial in listed.lower(), (got, reply.statuses)
+        assert e["event"] == "revoked" and e["identity"] == ident
+    else:
+        st = reply.statuses[0]
+        assert got == 403 and st.fail_info == FAIL_INFO["badIdentity"], st
+        assert f"rule '{rule}'" in (st.status_string or ""), st
+        assert serial not in listed.lower()
+        assert e["event"] == "refused" and e["identity"] == ident and f"rule '{rule}'" in e["detail"]
 
 
 @pytest.mark.parametrize("op,kind,cn,label,rule", [

@@ -253,15 +253,32 @@ class Authorize:
     def _refuse(p: Policy, rule: str, why: str) -> Forbidden:
         return Forbidden(f"not authorized: policy '{p.name}' rule '{rule}': {why}")
 
+    def authorize_revocation(self, ident: Identity, ctx: RequestContext, label: str, cert: x509.Certificate) -> None:
+        """An RA revoking someone else's certificate (RFC 5272 §6.11) may revoke
+        only what its policy would have let it request: the certificate's label
+        and names are checked like an enrollment's (Forbidden naming the rule)."""
+        p = self.policy_for(ident)
+        if p is None:
+            return
+        try:
+            san: x509.SubjectAlternativeName | None = cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        self._check_target(p, ident, ctx, label, cert.subject, san)
+
     def _check(self, p: Policy, req: EnrollRequest) -> None:
-        ident = req.ctx.identity
-        if p.labels is not None and req.profile.label not in p.labels:
-            raise self._refuse(p, "labels", f"label {req.profile.label!r} is not allowed for {ident} "
+        self._check_target(p, req.ctx.identity, req.ctx, req.profile.label, req.csr.subject,
+                           req.csr.san if req.profile.honour_san else None)
+
+    def _check_target(self, p: Policy, ident: Identity, ctx: RequestContext, label: str, subject: x509.Name,
+                      san: x509.SubjectAlternativeName | None) -> None:
+        if p.labels is not None and label not in p.labels:
+            raise self._refuse(p, "labels", f"label {label!r} is not allowed for {ident} "
                                f"(allowed: {', '.join(p.labels) or 'none'})")
         if not p.restricts_names:
             return
-        values = _vars(ident, req.ctx)
-        subject = req.csr.subject
+        values = _vars(ident, ctx)
         if p.subject is not None and not _match(subject.rfc4514_string(), p.subject, values):
             raise self._refuse(p, "subject", f"subject {subject.rfc4514_string()!r} is not allowed")
         if p.cn is not None:
@@ -271,7 +288,6 @@ class Authorize:
             for cn in cns:
                 if not _match(cn, p.cn, values):
                     raise self._refuse(p, "cn", f"CN {cn!r} is not allowed")
-        san = req.csr.san if req.profile.honour_san else None
         for gn in san or ():
             self._check_san(p, gn, values)
 

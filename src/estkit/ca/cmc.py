@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.authz import Authorize
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
 from estkit.ca.policy import MIN_RSA_BITS
+from estkit.ca.ports import StoredCert
 from estkit.ca.revocation import Revocation, reason_name
 from estkit.errors import (BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, ServiceUnavailable,
                            Unauthorized)
@@ -295,8 +297,15 @@ class CmcService:
         if issuer is None:
             raise _Fail("badCertId", "revokeRequest names an issuer that is not this CA", 404, (ctl.body_part_id,))
         who = str(signer) if signer is not None else str(ctx.identity)
+        check = None
+        if not own:  # an RA revokes only within its own policy, as it enrolls (RFC 7030 §3.7)
+            ra = signer if signer is not None and signer.is_ra else ctx.client_cert
+            authorize = next((p for p in self.ca.policies if isinstance(p, Authorize)), None)
+            if ra is not None and authorize is not None:
+                def check(stored: StoredCert, cert: x509.Certificate) -> None:
+                    authorize.authorize_revocation(ra, ctx, stored.label, cert)
         try:
-            self.revocation.revoke(serial, reason_text, identity=who, peer=ctx.peer, issuer=issuer)
+            self.revocation.revoke(serial, reason_text, identity=who, peer=ctx.peer, issuer=issuer, authorize=check)
         except NotFound as exc:
             raise _Fail("badCertId", exc.reason, 404, (ctl.body_part_id,)) from None
         except EstError as exc:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.ports import AuditEvent, CrlRecord, StoredCert, StoreError
-from estkit.errors import BadRequest, InternalError, NotFound
+from estkit.errors import BadRequest, EstError, InternalError, NotFound
 
 __all__ = ["REASONS", "Revocation", "reason_name"]
 
@@ -55,26 +55,39 @@ class Revocation:
         self.clock = clock
 
     def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-",
-               issuer: x509.Name | None = None) -> StoredCert:
+               issuer: x509.Name | None = None,
+               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> StoredCert:
         """Mark a certificate revoked and publish a new CRL.  NotFound for an
-        unknown serial (or one of another issuer); revoking twice keeps the first."""
+        unknown serial (or one of another issuer); revoking twice keeps the first.
+        ``authorize`` sees the certificate first and may refuse (raise)."""
         name = reason_name(reason)
         stored = self.ca.store.get_certificate(serial)
         if stored is None:
             raise NotFound(f"no certificate with serial {serial:x}")
-        if issuer is not None and x509.load_der_x509_certificate(stored.der).issuer != issuer:
+        cert = x509.load_der_x509_certificate(stored.der)
+        if issuer is not None and cert.issuer != issuer:
             raise NotFound(f"certificate {serial:x} was not issued by {issuer.rfc4514_string()}")
+        if authorize is not None:
+            try:
+                authorize(stored, cert)
+            except EstError as exc:  # a refused revocation is a decision too: recorded
+                self._audit(AuditEvent(event="refused", identity=identity, peer=peer, label=stored.label,
+                                       serial=serial, detail=f"revoke: {exc.status} {exc.reason}"))
+                raise
         result = self.ca.store.revoke(serial, name, self.clock())
         if result is None:
             raise NotFound(f"no certificate with serial {serial:x}")
-        try:
-            self.ca.store.audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label,
-                                           serial=serial, detail=result.revocation_reason or name))
-        except StoreError as exc:
-            log.error("cannot record the revocation audit event: %s", exc)
+        self._audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label,
+                               serial=serial, detail=result.revocation_reason or name))
         if result.ca in self.ca.cas:
             self.regenerate(result.ca)
         return result
+
+    def _audit(self, event: AuditEvent) -> None:
+        try:
+            self.ca.store.audit(event)
+        except StoreError as exc:
+            log.error("cannot record the %s audit event: %s", event.event, exc)
 
     def current(self, ca_name: str) -> CrlRecord:
         """The CA's CRL, regenerated first if there is none or it is about to expire."""

@@ -153,7 +153,7 @@ class CertificateAuthority:
         try:
             for step in self.policies:
                 step(req)
-            key = public_key if public_key is not None else info.csr.public_key()
+            key = public_key if public_key is not None else info.public_key
             if profile.manual_approval:
                 return self._approval_gate(req, key)
             return self._issue(req, key)
@@ -168,6 +168,10 @@ class CertificateAuthority:
         ca = self.cas[req.profile.ca]
         guard = req.extra.get(GUARD)  # one-time code, once-only claim, rate limit (estkit.ca.authz)
         validity = req.extra.get(MAX_VALIDITY)
+        # What shape_certificate puts in: the request's subject and, if honoured, its SAN
+        # (read from the request, which has them parsed, rather than from the new certificate).
+        subject = req.csr.subject.rfc4514_string()
+        sans = tuple(general_names_text(req.csr.san if req.profile.honour_san else None))
         for _attempt in range(3):
             serial = x509.random_serial_number()  # 159 random bits, positive
             builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial,
@@ -175,8 +179,8 @@ class CertificateAuthority:
             cert = ca.signer.sign_certificate(builder)
             check_result(cert, ca.cert)
             record = IssuedCert(
-                serial=serial, ca=ca.name, label=req.profile.label, subject=cert.subject.rfc4514_string(),
-                sans=tuple(general_names_text(_san(cert))), not_before=cert.not_valid_before_utc,
+                serial=serial, ca=ca.name, label=req.profile.label, subject=subject, sans=sans,
+                not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc, requester=str(req.ctx.identity),
                 key_type=key_type_of(public_key), csr_fingerprint=req.csr.fingerprint,
                 der=cert.public_bytes(Encoding.DER))
@@ -329,12 +333,3 @@ def _has_ra_eku(cert: x509.Certificate) -> bool:
         return c.OID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
-
-
-def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-
-

@@ -6,11 +6,13 @@ import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (CertificateIssuerPrivateKeyTypes,
+                                                               CertificatePublicKeyTypes)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
@@ -23,7 +25,10 @@ __all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_finger
 
 @dataclass(frozen=True)
 class CsrInfo:
-    """A parsed PKCS#10 request and the facts policy looks at."""
+    """A parsed PKCS#10 request and the facts policy looks at.
+
+    The derived facts are computed once: every policy step reads them, and
+    each access to the underlying request parses its DER again."""
 
     csr: x509.CertificateSigningRequest
     der: bytes
@@ -31,22 +36,26 @@ class CsrInfo:
     signature_valid: bool
     challenge_password: bytes | None
 
-    @property
+    @cached_property
     def subject(self) -> x509.Name:
         return self.csr.subject
 
-    @property
+    @cached_property
     def san(self) -> x509.SubjectAlternativeName | None:
         try:
             return self.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             return None
 
-    @property
+    @cached_property
+    def public_key(self) -> CertificatePublicKeyTypes:
+        return self.csr.public_key()
+
+    @cached_property
     def fingerprint(self) -> str:
         return csr_fingerprint(self.der)
 
-    @property
+    @cached_property
     def request_fingerprint(self) -> str:
         """SHA-256 of what the request asks for (public key, subject, requested
         extensions), hex, without its attributes or signature.
@@ -55,8 +64,8 @@ class CsrInfo:
         connection must rebuild a linked CSR with that connection's tls-unique,
         so the CSR's bytes change while the request stays the same."""
         h = hashlib.sha256()
-        for part in (self.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
-                     self.csr.subject.public_bytes(),
+        for part in (self.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+                     self.subject.public_bytes(),
                      *(ext.oid.dotted_string.encode() + ext.value.public_bytes() for ext in self.csr.extensions)):
             h.update(len(part).to_bytes(4, "big") + part)
         return h.hexdigest()
@@ -88,8 +97,10 @@ def load_csr(der: bytes) -> CsrInfo:
         challenge = None
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"malformed request attributes or extensions: {_short(exc)}") from None
-    return CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid,
+    info = CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid,
                    challenge_password=challenge)
+    info.__dict__["public_key"] = key  # the cached_property's slot: parsed once above
+    return info
 
 
 def build_csr(

@@ -107,3 +107,32 @@ def test_ok_migration_is_idempotent(store: SqlStore) -> None:
     from estkit.store.sql import migrate
     migrate(store.engine)
     assert store.count_certificates() == 0
+
+
+def test_ok_driver_level_inserts_read_back_exactly(store: SqlStore) -> None:
+    """The enrollment's INSERTs bypass SQLAlchemy's compiler (estkit.store.driverinsert):
+    what they write must read back as written, microseconds included, and
+    compare with values SQLAlchemy binds (the audit's ``since``, rate limits)."""
+    now = datetime.now(UTC).replace(microsecond=0)  # a value without a fraction must still compare right
+    cert = IssuedCert(serial=(1 << 158) + 1, ca="default", label="lab", subject="CN=d,O=x", sans=("DNS:a", "IP:10.0.0.1"),
+                      not_before=now, not_after=now + timedelta(days=3), requester="user:bob", key_type="ec:P-256",
+                      csr_fingerprint="cd" * 32, der=b"\x30\x82\x00\x00" + bytes(range(256)))
+    store.record_issued(cert, AuditEvent("issued", "user:bob", "127.0.0.1:9", "lab", "cd" * 32, cert.serial,
+                                         "simpleenroll", at=now))
+    got = store.get_certificate(cert.serial)
+    assert got is not None
+    assert (got.ca, got.label, got.subject, got.sans, got.requester, got.der) == \
+        (cert.ca, cert.label, cert.subject, cert.sans, cert.requester, cert.der)
+    assert got.not_before == now and got.not_after == now + timedelta(days=3) and not got.revoked
+    assert [e.serial for e in store.list_audit(since=now)] == [cert.serial]
+    assert store.list_audit(since=now + timedelta(microseconds=1)) == []
+    # Several rows in one statement (what group commit sends under load).
+    from estkit.store.driverinsert import DriverInsert
+    from estkit.store.models import Audit
+    ins = DriverInsert(Audit.__table__, ("at", "event", "identity", "peer", "label", "detail"),  # type: ignore[arg-type]
+                       store.engine.dialect)
+    with store.engine.begin() as conn:
+        ins.execute(conn, [dict(at=now + timedelta(seconds=i / 2), event="probe", identity=f"u{i}", peer="-", label="lab",
+                                detail="") for i in range(3)])
+    probes = store.list_audit(event="probe")
+    assert sorted((e.identity, e.at) for e in probes) == [(f"u{i}", now + timedelta(seconds=i / 2)) for i in range(3)]

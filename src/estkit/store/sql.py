@@ -26,6 +26,7 @@ from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
                              PendingRequest, StoredCert, StoreError, UserRecord)
+from estkit.store.driverinsert import DriverInsert
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
 from estkit.store.writelock import WriteLock
@@ -44,6 +45,9 @@ _MIGRATIONS = str(Path(__file__).parent / "migrations")
 # on every call (a third of an enrollment's time, docs/benchmark.md).
 _INSERT_CERT = insert(_CERTS)
 _INSERT_AUDIT = insert(_AUDIT)
+_CERT_COLUMNS = ("serial", "ca", "label", "subject", "sans", "not_before", "not_after", "requester", "key_type",
+                 "csr_fingerprint", "der", "issued_at")
+_AUDIT_COLUMNS = ("at", "event", "identity", "peer", "label", "csr_fingerprint", "serial", "detail")
 _GET_CERT = select(_CERTS).where(_CERTS.c.serial == bindparam("serial"))
 _GET_USER = select(_USERS).where(_USERS.c.name == bindparam("name"))
 
@@ -121,6 +125,8 @@ class SqlStore:
         self.engine = engine
         self._pid = os.getpid()
         self._write_lock = write_lock
+        self._insert_cert = DriverInsert(_CERTS, _CERT_COLUMNS, engine.dialect)
+        self._insert_audit = DriverInsert(_AUDIT, _AUDIT_COLUMNS, engine.dialect)
         self._issued: GroupCommit[tuple[dict[str, Any], dict[str, Any] | None]] = GroupCommit(
             self._write_issued, lambda one: self._write_issued([one]))
 
@@ -159,16 +165,16 @@ class SqlStore:
             return
         with self._tx(write=True) as conn:  # a guarded issuance is a transaction of its own
             if audit_row is not None:
-                conn.execute(_INSERT_AUDIT, audit_row)
-            conn.execute(_INSERT_CERT, row)
+                self._insert_audit.execute(conn, [audit_row])
+            self._insert_cert.execute(conn, [row])
             self._guard(conn, guard, cert, now)  # raising rolls everything above back
 
     def _write_issued(self, rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         with self._tx(write=True) as conn:
             audits = [a for _, a in rows if a is not None]
             if audits:
-                conn.execute(_INSERT_AUDIT, audits)
-            conn.execute(_INSERT_CERT, [c for c, _ in rows])
+                self._insert_audit.execute(conn, audits)
+            self._insert_cert.execute(conn, [c for c, _ in rows])
 
     @staticmethod
     def _guard(conn: Connection, guard: IssueGuard, cert: IssuedCert, now: datetime) -> None:

@@ -23,7 +23,7 @@ from estkit.errors import (EstError, MethodNotAllowed, NotFound, PayloadTooLarge
                            UnsupportedMediaType)
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
-from estkit.server.auth import Authenticator, peer_of
+from estkit.server.auth import Authenticator, Presented, peer_of
 from estkit.server.wire import error_response, text_response
 
 __all__ = ["EstRequest", "Operation", "EstServer"]
@@ -44,6 +44,9 @@ class EstRequest:
     operation: str
     ctx: RequestContext
     der: bytes = b""
+    # Credentials still to be checked against the store (see run_authenticated);
+    # until then ``ctx`` is anonymous.
+    presented: Presented | None = None
 
 
 Handler = Callable[["EstServer", EstRequest], Awaitable[web.StreamResponse]]
@@ -84,6 +87,23 @@ class EstServer:
         """Run a blocking CA call (signing, store I/O) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
+    async def run_authenticated(self, req: EstRequest, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args, ctx)`` off the event loop, with the request's
+        authenticated context.  Credentials the store must check are checked
+        first, in the same worker thread: one hand-over per request, where each
+        costs more than the Python work it moves (docs/benchmark.md)."""
+        presented = req.presented
+        if presented is None:
+            return await self.run_ca(fn, *args, req.ctx)
+        info = req.http[_INFO]
+
+        def job() -> Any:
+            ctx = self.auth.context_blocking(presented, require=True)
+            info["identity"] = str(ctx.identity)
+            return fn(*args, ctx)
+
+        return await self.run_ca(job)
+
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
@@ -120,10 +140,16 @@ class EstServer:
             raise MethodNotAllowed(f"{opname} takes {op.method}, not {request.method}", allowed=(op.method,))
         if request.content_length is not None and request.content_length > self.max_body:
             raise PayloadTooLarge(f"request body over {self.max_body} bytes")
-        # Authenticate before looking at what an unknown peer sent.
+        # Authenticate before looking at what an unknown peer sent; when only
+        # the store can tell (a password, a client certificate), that happens
+        # in the operation's worker thread (run_authenticated), before it acts.
         ctx = RequestContext(peer=peer_of(request))
+        presented: Presented | None = None
         if op.require_auth:
-            ctx = await self.auth.context(request, require=True, label=label)
+            presented = self.auth.presented(request, label)
+            if not self.auth.deferrable(presented):
+                ctx = await self.auth.context(request, require=True, label=label, presented=presented)
+                presented = None
         info["identity"] = str(ctx.identity)
         der = b""
         if op.content_types:
@@ -136,7 +162,7 @@ class EstServer:
             except TimeoutError:
                 raise EstError("request body not received in time", status=408) from None
             der = decode_b64(body, "request body")
-        return await op.handler(self, EstRequest(request, label, opname, ctx, der))
+        return await op.handler(self, EstRequest(request, label, opname, ctx, der, presented))
 
     @web.middleware
     async def _middleware(self, request: web.Request,

@@ -12,6 +12,7 @@ import base64
 import binascii
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, Unauthorized
 
-__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "ExtraAuth", "ChallengeHook"]
+__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "Presented", "ExtraAuth", "ChallengeHook"]
 
 # A hook that can authenticate a request by other means (HTTP Digest), given the
 # request and its CA label: an identity, None when the request carries no such
@@ -65,6 +66,19 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+@dataclass
+class Presented:
+    """A request's credentials as read from the connection and headers."""
+
+    peer: str
+    label: str | None
+    tls: bool
+    tls_version: str | None = None
+    tls_unique: bytes | None = None
+    cert_der: bytes | None = None
+    basic: tuple[str, str] | None = None
+
+
 class Authenticator:
     """Turns a request's credentials into a :class:`RequestContext`."""
 
@@ -79,33 +93,62 @@ class Authenticator:
         """Every WWW-Authenticate value for a label: the hooks' (Digest), then Basic."""
         return (*(ch for hook in self.challenge_hooks for ch in hook(label)), *self.challenges)
 
-    async def context(self, request: web.Request, *, require: bool, label: str | None = None) -> RequestContext:
+    def presented(self, request: web.Request, label: str | None = None) -> Presented:
+        """What the request presents, read on the event loop (no store access)."""
+        sslobj = ssl_object(request)
+        p = Presented(peer=peer_of(request), label=label, tls=sslobj is not None)
+        if sslobj is not None:
+            p.tls_version = sslobj.version()
+            p.tls_unique = sslobj.get_channel_binding("tls-unique")
+            p.cert_der = sslobj.getpeercert(binary_form=True) or None
+        p.basic = basic_credentials(request.headers.get("Authorization"))
+        if p.basic is not None and sslobj is None:
+            raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
+        return p
+
+    def deferrable(self, p: Presented) -> bool:
+        """True when only the store decides (a client certificate, Basic
+        credentials, no Digest hook to run): the server then authenticates in
+        the thread that runs the operation, one hand-over instead of two."""
+        return (p.cert_der is not None or p.basic is not None) and (p.basic is not None or not self.extra)
+
+    def verify(self, p: Presented) -> tuple[Identity | None, Identity | None]:
+        """Blocking (store): the client certificate's identity, then the Basic user's."""
+        cert_identity = self.ca.identify_certificate(p.cert_der) if p.cert_der is not None else None
+        user: Identity | None = None
+        if p.basic is not None:
+            try:
+                user = self.ca.authenticate_user(*p.basic)
+            except Unauthorized as exc:
+                raise Unauthorized(exc.reason, challenges=self.challenges_for(p.label)) from None
+        return cert_identity, user
+
+    def decide(self, p: Presented, cert_identity: Identity | None, user: Identity | None, *,
+               require: bool) -> RequestContext:
+        """The context; with ``require``, 401 and the challenges when nobody is authenticated."""
+        primary = user or cert_identity or ANONYMOUS
+        if require and primary is ANONYMOUS:
+            raise Unauthorized("authentication required: HTTP Basic or a TLS client certificate",
+                               challenges=self.challenges_for(p.label), empty_body=True)
+        return RequestContext(identity=primary, client_cert=cert_identity, peer=p.peer,
+                              tls_unique=p.tls_unique, tls_version=p.tls_version)
+
+    def context_blocking(self, p: Presented, *, require: bool) -> RequestContext:
+        """``context`` for a ``deferrable`` request, in a worker thread."""
+        cert_identity, user = self.verify(p)
+        return self.decide(p, cert_identity, user, require=require)
+
+    async def context(self, request: web.Request, *, require: bool, label: str | None = None,
+                      presented: Presented | None = None) -> RequestContext:
         """Authenticate.  With ``require``, a request with neither credentials
         nor a client certificate gets 401 and the challenges."""
-        loop = asyncio.get_running_loop()
-        sslobj = ssl_object(request)
+        p = presented if presented is not None else self.presented(request, label)
         cert_identity: Identity | None = None
-        tls_unique: bytes | None = None
-        version: str | None = None
-        if sslobj is not None:
-            version = sslobj.version()
-            tls_unique = sslobj.get_channel_binding("tls-unique")
-            der = sslobj.getpeercert(binary_form=True)
-            if der:
-                cert_identity = await loop.run_in_executor(None, self.ca.identify_certificate, der)
         user: Identity | None = None
-        creds = basic_credentials(request.headers.get("Authorization"))
-        if creds is not None:
-            if sslobj is None:
-                raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
-            try:
-                user = await loop.run_in_executor(None, self.ca.authenticate_user, *creds)
-            except Unauthorized as exc:
-                raise Unauthorized(exc.reason, challenges=self.challenges_for(label)) from None
-        else:
+        if p.cert_der is not None or p.basic is not None:
+            cert_identity, user = await asyncio.get_running_loop().run_in_executor(None, self.verify, p)
+        if p.basic is None and p.tls:
             for hook in self.extra:
-                if sslobj is None:
-                    break
                 try:
                     user = await hook(request, label)
                 except Unauthorized as exc:
@@ -113,9 +156,4 @@ class Authenticator:
                     raise Unauthorized(exc.reason, challenges=challenges) from None
                 if user is not None:
                     break
-        primary = user or cert_identity or ANONYMOUS
-        if require and primary is ANONYMOUS:
-            raise Unauthorized("authentication required: HTTP Basic or a TLS client certificate",
-                               challenges=self.challenges_for(label), empty_body=True)
-        return RequestContext(identity=primary, client_cert=cert_identity, peer=peer_of(request),
-                              tls_unique=tls_unique, tls_version=version)
+        return self.decide(p, cert_identity, user, require=require)

@@ -27,13 +27,13 @@ async def csrattrs(server: EstServer, req: EstRequest) -> web.StreamResponse:
 
 async def simpleenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
     """RFC 7030 §4.2.1 / §4.2.3: a certs-only response with the one new certificate."""
-    cert = await server.run_ca(server.ca.simpleenroll, req.label, req.der, req.ctx)
+    cert = await server.run_authenticated(req, server.ca.simpleenroll, req.label, req.der)
     return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
 
 
 async def simplereenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
     """RFC 7030 §4.2.2: renew or rekey the TLS client certificate."""
-    cert = await server.run_ca(server.ca.simplereenroll, req.label, req.der, req.ctx)
+    cert = await server.run_authenticated(req, server.ca.simplereenroll, req.label, req.der)
     return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
 
 

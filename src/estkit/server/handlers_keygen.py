@@ -17,7 +17,7 @@ def register_keygen(server: EstServer, keygen: ServerKeyGen) -> None:
     """Register /serverkeygen: same authentication and request as /simpleenroll."""
 
     async def serverkeygen(srv: EstServer, req: EstRequest) -> web.StreamResponse:
-        result: GeneratedKey = await srv.run_ca(keygen.serverkeygen, req.label, req.der, req.ctx)
+        result: GeneratedKey = await srv.run_authenticated(req, keygen.serverkeygen, req.label, req.der)
         body, ctype = build_serverkeygen(result.key_der, certs_only([result.certificate]),
                                          encrypted=result.encrypted)
         # One write with Content-Length, never chunked (interop-notes).

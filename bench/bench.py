@@ -126,12 +126,17 @@ def _concurrencies(a: argparse.Namespace, mode: str) -> list[int]:
     return _ints(a.cacerts_concurrency) if mode == "cacerts" else _ints(a.concurrency)
 
 
+def _n(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def _print_run(r: dict[str, Any]) -> None:
     cpu = r.get("server_cpu_ms_per_request")
     reused = r.get("sessions_reused")
     print(f"  {r['mode']:9s} {r['key']:8s} store={r['store_rows']:<7} c={r['concurrency']:<3} "
           f"{r['rate_per_s']:8.1f}/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-          f"cpu {cpu if cpu is None else round(cpu, 2)} ms/req  reused {reused}  "
+          f"cpu {cpu if cpu is None else round(cpu, 2)} ms/req  cs {_n(r.get('server_switches_per_request'))}/req  "
+          f"reused {reused}  "
           f"{'errors ' + str(r['errors']) if r['errors'] else ''}", flush=True)
 
 

@@ -2,28 +2,36 @@
 
 The server's CPU seconds are utime + stime of the ``estkit serve`` process
 and every worker it forked (its children); peak RSS is each process's VmHWM.
+Voluntary context switches, summed over every thread, count how often a
+thread went to sleep: waiting for the network, the disk, a lock, or the GIL
+(docs/benchmark.md reads them per request).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ProcSample", "tree", "cpu_seconds", "thread_cpu", "peak_rss_mb", "sample"]
+__all__ = ["ProcSample", "tree", "cpu_seconds", "thread_cpu", "voluntary_switches", "peak_rss_mb", "sample"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class ProcSample:
-    """CPU seconds per pid at one moment."""
+    """CPU seconds and voluntary context switches per pid at one moment."""
 
     cpu: dict[int, float]
+    switches: dict[int, int] = field(default_factory=dict)
 
     def total(self) -> float:
         """All pids' CPU seconds."""
         return sum(self.cpu.values())
+
+    def total_switches(self) -> int:
+        """All threads' voluntary context switches."""
+        return sum(self.switches.values())
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -76,6 +84,23 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of one process (0 when it is gone)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set size) of one process, MB."""
     try:
@@ -91,4 +116,5 @@ def sample(root: int | None) -> ProcSample:
     """CPU seconds of every process in ``root``'s tree (empty without a root)."""
     if root is None:
         return ProcSample({})
-    return ProcSample({pid: cpu_seconds(pid) for pid in tree(root)})
+    pids = tree(root)
+    return ProcSample({pid: cpu_seconds(pid) for pid in pids}, {pid: voluntary_switches(pid) for pid in pids})

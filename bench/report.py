@@ -43,7 +43,8 @@ def markdown(d: dict[str, Any]) -> str:
                        f"{_f(c.get('server_cpu_s'), 2)} |")
         out.append("")
     out += ["| mode | CA key | store | clients | per second | p50 ms | p99 ms | server CPU ms/req | "
-            "vs s_server | resumed | runs (per second) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "context switches/req | vs s_server | resumed | runs (per second) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ceil = {c["concurrency"]: c["rate_per_s"] for c in d.get("ceiling", [])}
     for r in d["runs"]:
         ratio = (f"{r['rate_per_s'] / ceil[r['concurrency']]:.0%}"
@@ -52,7 +53,7 @@ def markdown(d: dict[str, Any]) -> str:
         resumed = "" if r.get("sessions_reused") is None else f"{r['sessions_reused']} of {r['connections']}"
         out.append(f"| {r['mode']} | {r['key']} | {r['store_rows']:,} | {r['concurrency']} | {_f(r['rate_per_s'])} | "
                    f"{_f(r['p50_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_f(r['server_cpu_ms_per_request'], 2)} | "
-                   f"{ratio} | {resumed} | {reps} |")
+                   f"{_f(r.get('server_switches_per_request'), 1)} | {ratio} | {resumed} | {reps} |")
     out.append("")
     if d.get("rss_mb"):
         out += ["| CA key | store | peak RSS per process (MB) |", "|---|---|---|"]

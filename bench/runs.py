@@ -99,12 +99,14 @@ def measure(t: Target, mode: str, concurrency: int, a: argparse.Namespace, csrs:
     cpu = after.total() - before.total() if t.server_pid else None
     r["server_cpu_s"] = cpu
     r["server_cpu_ms_per_request"] = (cpu / r["ok"] * 1000) if cpu is not None and r["ok"] else None
+    switches = after.total_switches() - before.total_switches() if t.server_pid else None
+    r["server_switches_per_request"] = (switches / r["ok"]) if switches is not None and r["ok"] else None
     r["mode"] = mode
     return r
 
 
 _MEDIAN_FIELDS = ("rate_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "server_cpu_s",
-                  "server_cpu_ms_per_request", "loadgen_cpu_s")
+                  "server_cpu_ms_per_request", "server_switches_per_request", "loadgen_cpu_s")
 
 
 def repeated(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:

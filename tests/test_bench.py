@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "bench.py"
 
 RUN_FIELDS = ("mode", "key", "store_rows", "concurrency", "generator", "rate_per_s", "p50_ms", "p99_ms", "requests",
-              "ok", "statuses", "errors", "server_cpu_s", "server_cpu_ms_per_request", "loadgen_cpu_s", "repeats")
+              "ok", "statuses", "errors", "server_cpu_s", "server_cpu_ms_per_request", "server_switches_per_request",
+              "loadgen_cpu_s", "repeats")
 
 
 def _bench(tmp_path: Path, *args: str) -> dict:
@@ -43,6 +44,9 @@ def test_quick_bench_end_to_end(tmp_path: Path, keepalive_gen: str) -> None:
             assert f in r, (f, r)
         assert r["ok"] > 0 and r["errors"] == {}, r
         assert r["server_cpu_s"] is not None and r["server_cpu_s"] >= 0
+        assert r["server_switches_per_request"] is not None and r["server_switches_per_request"] >= 0, r
+        if r["mode"] != "cacerts":  # an enrollment wakes a pool thread that was waiting for work
+            assert r["server_switches_per_request"] > 0.5, r
     for s in (0, 50):
         new = runs[("new", s)]
         # Full handshakes only: no session resumed, a connection for every request.

@@ -4,8 +4,9 @@ in the same run on the same machine.
 
 By default it creates throwaway estkit directories (a P-256 and an RSA-2048
 CA), pre-fills their stores (0 and 100,000 certificates), starts a real
-``estkit serve --workers N`` per combination and drives it from separate
-load-generator processes on 127.0.0.1:
+``estkit serve --workers N`` per combination (the store sizes of one key side
+by side, measured in turns) and drives them from separate load-generator
+processes on 127.0.0.1:
 
 - ``new``: simpleenroll on a new TCP connection with a full TLS handshake per
   enrollment (loadgen.py; sessions resumed are counted and must be 0);
@@ -199,9 +200,11 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                 out: Path) -> None:
     result["target"] = f"estkit serve --workers {a.workers}"
     ceiling_done = False
+    stores = _ints(a.stores)
     for key in a.keys.split(","):
-        for rows in _ints(a.stores):
-            d = fixture.make_dir(work / f"{key}-{rows}", key, workers=a.workers)
+        dirs: dict[int, Path] = {}
+        for rows in stores:
+            d = dirs[rows] = fixture.make_dir(work / f"{key}-{rows}", key, workers=a.workers)
             if not a.no_ceiling and key not in result["micro"]:
                 result["micro"][key] = ceiling.crypto_micro(d, csrs)
                 m = result["micro"][key]
@@ -214,31 +217,46 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                 secs = fixture.prefill(d, rows)
                 result["prefill"].append({"key": key, "rows": rows, "seconds": secs})
                 print(f"  prefill   {key:8s} {rows} certificates in {secs:.1f} s", flush=True)
-            srv = Server(d, a.workers)
-            try:
-                t = Target("127.0.0.1", srv.port, "/.well-known/est", str(d / "ca.pem"),
-                           user=f"{fixture.BENCH_USER}:{fixture.BENCH_PASSWORD}", server_pid=srv.proc.pid)
-                for mode in modes:
-                    for c in _concurrencies(a, mode):
-                        r = repeated(lambda: measure(t, mode, c, a, csrs, work), a.repeat)
+        servers: dict[int, Server] = {}
+        try:
+            for rows in stores:
+                servers[rows] = Server(dirs[rows], a.workers)
+            targets = {rows: Target("127.0.0.1", srv.port, "/.well-known/est", str(dirs[rows] / "ca.pem"),
+                                    user=f"{fixture.BENCH_USER}:{fixture.BENCH_PASSWORD}", server_pid=srv.proc.pid)
+                       for rows, srv in servers.items()}
+            for mode in modes:
+                for c in _concurrencies(a, mode):
+                    # The store sizes take turns run by run, so that a drift of the
+                    # machine's speed (this VM's drifts by a third within an hour)
+                    # falls on every size alike: the 0 -> 100,000 target compares them.
+                    runs: dict[int, list[dict[str, Any]]] = {rows: [] for rows in stores}
+                    for _ in range(a.repeat):
+                        for rows in stores:
+                            runs[rows].append(measure(targets[rows], mode, c, a, csrs, work))
+                    for rows in stores:
+                        r = repeated(iter(runs[rows]).__next__, a.repeat)
                         r.update(key=key, store_rows=rows, concurrency=c)
                         result["runs"].append(r)
                         _print_run(r)
+            for rows, srv in servers.items():
                 if a.profile:
                     for mode in ("new", "keepalive"):
                         if mode in modes:
-                            prof = profile_run(t, srv, mode, 8, a, csrs, work, out, f"{mode}-{key}-{rows}")
+                            prof = profile_run(targets[rows], srv, mode, 8, a, csrs, work, out,
+                                               f"{mode}-{key}-{rows}")
                             if prof:
                                 prof.update(key=key, store_rows=rows)
                                 result["profiles"].append(prof)
                                 _print_profile(prof)
                 result["rss_mb"].append({"key": key, "store_rows": rows, "peak": srv.rss()})
-                result.setdefault("rows_after", []).append({"key": key, "store_rows": rows})
-            finally:
+        finally:
+            for rows, srv in servers.items():
                 code = srv.stop()
                 if code != 0:
-                    print(f"  estkit serve exited {code}; see {d}/serve.log", file=sys.stderr)
-            result["rows_after"][-1]["certificates"] = fixture.count_rows(d)
+                    print(f"  estkit serve exited {code}; see {dirs[rows]}/serve.log", file=sys.stderr)
+        for rows in servers:
+            result.setdefault("rows_after", []).append({"key": key, "store_rows": rows,
+                                                        "certificates": fixture.count_rows(dirs[rows])})
 
 
 def _run_external(a: argparse.Namespace, result: dict[str, Any], modes: list[str], csrs: Path, work: Path,

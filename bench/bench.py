@@ -27,10 +27,12 @@ tool at any EST server; ``--server-pid`` adds its CPU and memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,7 +220,13 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                 result["prefill"].append({"key": key, "rows": rows, "seconds": secs})
                 print(f"  prefill   {key:8s} {rows} certificates in {secs:.1f} s", flush=True)
         servers: dict[int, Server] = {}
+        paired = contextlib.ExitStack()
         try:
+            ceiling_t: Target | None = None
+            if not a.no_ceiling and "new" in modes:  # measured in turns with the new-connection runs
+                port, proc = paired.enter_context(ceiling.s_server(dirs[stores[0]] / "tls/server.pem",
+                                                                   dirs[stores[0]] / "tls/server.key"))
+                ceiling_t = Target("127.0.0.1", port, "", "", server_pid=proc.pid)
             for rows in stores:
                 servers[rows] = Server(dirs[rows], a.workers)
             targets = {rows: Target("127.0.0.1", srv.port, "/.well-known/est", str(dirs[rows] / "ca.pem"),
@@ -229,13 +237,24 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                     # The store sizes take turns run by run, so that a drift of the
                     # machine's speed (this VM's drifts by a third within an hour)
                     # falls on every size alike: the 0 -> 100,000 target compares them.
+                    # For new connections s_server takes its turn too: the ratio
+                    # of each figure is to the ceiling of the same minutes.
                     runs: dict[int, list[dict[str, Any]]] = {rows: [] for rows in stores}
-                    for _ in range(a.repeat):
-                        for rows in stores:
+                    ceilings: list[float] = []
+                    for i in range(a.repeat):
+                        if mode == "new" and ceiling_t is not None:
+                            ceilings.append(run_loadgen(ceiling_t, mode="new", method="GET", path="/", bodies=None,
+                                                        concurrency=c, duration=a.duration,
+                                                        warmup=a.warmup)["rate_per_s"])
+                        # every other turn in reverse: the run right after another tends to be slower
+                        for rows in (stores if i % 2 == 0 else stores[::-1]):
                             runs[rows].append(measure(targets[rows], mode, c, a, csrs, work))
                     for rows in stores:
                         r = repeated(iter(runs[rows]).__next__, a.repeat)
                         r.update(key=key, store_rows=rows, concurrency=c)
+                        if ceilings:
+                            r["ceiling_rate_per_s"] = statistics.median(ceilings)
+                            r["ceiling_repeats"] = ceilings
                         result["runs"].append(r)
                         _print_run(r)
             for rows, srv in servers.items():
@@ -250,6 +269,7 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                                 _print_profile(prof)
                 result["rss_mb"].append({"key": key, "store_rows": rows, "peak": srv.rss()})
         finally:
+            paired.close()
             for rows, srv in servers.items():
                 code = srv.stop()
                 if code != 0:

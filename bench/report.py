@@ -47,8 +47,9 @@ def markdown(d: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ceil = {c["concurrency"]: c["rate_per_s"] for c in d.get("ceiling", [])}
     for r in d["runs"]:
-        ratio = (f"{r['rate_per_s'] / ceil[r['concurrency']]:.0%}"
-                 if r["mode"] == "new" and ceil.get(r["concurrency"]) else "")
+        ceil_rate = r.get("ceiling_rate_per_s") or ceil.get(r["concurrency"])
+        ratio = (f"{r['rate_per_s'] / ceil_rate:.0%} of {ceil_rate:,.0f}"
+                 if r["mode"] == "new" and ceil_rate else "")
         reps = " / ".join(_f(x["rate_per_s"]) for x in r.get("repeats", []))
         resumed = "" if r.get("sessions_reused") is None else f"{r['sessions_reused']} of {r['connections']}"
         out.append(f"| {r['mode']} | {r['key']} | {r['store_rows']:,} | {r['concurrency']} | {_f(r['rate_per_s'])} | "

@@ -53,6 +53,10 @@ def test_quick_bench_end_to_end(tmp_path: Path, keepalive_gen: str) -> None:
         assert new["sessions_reused"] == 0 and new["connections"] >= new["requests"]
         assert set(new["tls_versions"]) == {"TLSv1.3"}
         assert new["statuses"] == {"200": new["ok"]}
+        # s_server measured in turns with this figure's runs, and the ratio read against it
+        assert len(new["ceiling_repeats"]) == 1 and new["ceiling_rate_per_s"] == new["ceiling_repeats"][0] > 0
+        target = next(t for t in doc["targets"] if t["name"].startswith(f"new connection, 8 clients, p256, store {s}:"))
+        assert f"of {new['ceiling_rate_per_s']:.0f}/s" in target["value"]
     assert runs[("keepalive", 0)]["generator"].startswith("wrk" if keepalive_gen == "wrk" else "loadgen")
     assert doc["prefill"] == [{"key": "p256", "rows": 50, "seconds": doc["prefill"][0]["seconds"]}]
     after = {e["store_rows"]: e["certificates"] for e in doc["rows_after"]}

@@ -49,7 +49,7 @@ import fixture  # noqa: E402
 import procstat  # noqa: E402
 import wrkgen  # noqa: E402
 from plot import plot  # noqa: E402
-from runs import Server, Target, measure, profile_run, repeated, run_loadgen  # noqa: E402
+from runs import Server, Target, measure, medians, profile_run, repeated, run_loadgen  # noqa: E402
 from targets import evaluate  # noqa: E402
 
 
@@ -182,14 +182,19 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _s_server_run(t: Target, c: int, a: argparse.Namespace) -> dict[str, Any]:
+    """One run of full handshakes against ``openssl s_server -www``."""
+    return run_loadgen(t, mode="new", method="GET", path="/", bodies=None, concurrency=c, duration=a.duration,
+                       warmup=a.warmup)
+
+
 def _ceiling(a: argparse.Namespace, result: dict[str, Any], cert: Path, key: Path, csrs: Path, label: str) -> None:
     if a.no_ceiling or "new" not in a.modes.split(","):
         return
     with ceiling.s_server(cert, key) as (port, proc):
         t = Target("127.0.0.1", port, "", "", server_pid=proc.pid)
         for c in _ints(a.concurrency):
-            r = repeated(lambda: run_loadgen(t, mode="new", method="GET", path="/", bodies=None, concurrency=c,
-                                             duration=a.duration, warmup=a.warmup), a.repeat)
+            r = repeated(lambda: _s_server_run(t, c, a), a.repeat)
             cpu_before, cpu_after = r.pop("_cpu")
             r["server_cpu_s"] = cpu_after.total() - cpu_before.total()
             r.update(key=label, concurrency=c, server="openssl s_server -www")
@@ -243,14 +248,12 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                     ceilings: list[float] = []
                     for i in range(a.repeat):
                         if mode == "new" and ceiling_t is not None:
-                            ceilings.append(run_loadgen(ceiling_t, mode="new", method="GET", path="/", bodies=None,
-                                                        concurrency=c, duration=a.duration,
-                                                        warmup=a.warmup)["rate_per_s"])
+                            ceilings.append(_s_server_run(ceiling_t, c, a)["rate_per_s"])
                         # every other turn in reverse: the run right after another tends to be slower
                         for rows in (stores if i % 2 == 0 else stores[::-1]):
                             runs[rows].append(measure(targets[rows], mode, c, a, csrs, work))
                     for rows in stores:
-                        r = repeated(iter(runs[rows]).__next__, a.repeat)
+                        r = medians(runs[rows])
                         r.update(key=key, store_rows=rows, concurrency=c)
                         if ceilings:
                             r["ceiling_rate_per_s"] = statistics.median(ceilings)

@@ -24,7 +24,7 @@ import procstat
 import wrkgen
 from hotspots import summarise
 
-__all__ = ["Target", "run_loadgen", "measure", "repeated", "Server", "profile_run"]
+__all__ = ["Target", "run_loadgen", "measure", "repeated", "medians", "Server", "profile_run"]
 
 HERE = Path(__file__).resolve().parent
 ESTKIT = str(Path(sys.executable).parent / "estkit")
@@ -110,9 +110,13 @@ _MEDIAN_FIELDS = ("rate_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "server_
 
 
 def repeated(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
-    """Run ``repeat`` times; every figure is the median of the runs (the
-    counts are summed); ``repeats`` keeps each run's rate and p99."""
-    runs = [fn() for _ in range(repeat)]
+    """Run ``repeat`` times and reduce the runs with ``medians``."""
+    return medians([fn() for _ in range(repeat)])
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every figure the median of the runs (the counts are summed);
+    ``repeats`` keeps each run's rate and p99."""
     out = dict(runs[len(runs) // 2])
     for f in _MEDIAN_FIELDS:
         vals = [r[f] for r in runs if r.get(f) is not None]

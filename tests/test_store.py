@@ -12,6 +12,8 @@ from support import fresh_database
 
 from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, UserRecord
 from estkit.store import SqlStore, open_store
+from estkit.store.driverinsert import DriverInsert
+from estkit.store.models import Audit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -127,8 +129,6 @@ def test_ok_driver_level_inserts_read_back_exactly(store: SqlStore) -> None:
     assert [e.serial for e in store.list_audit(since=now)] == [cert.serial]
     assert store.list_audit(since=now + timedelta(microseconds=1)) == []
     # Several rows in one statement (what group commit sends under load).
-    from estkit.store.driverinsert import DriverInsert
-    from estkit.store.models import Audit
     ins = DriverInsert(Audit.__table__, ("at", "event", "identity", "peer", "label", "detail"),  # type: ignore[arg-type]
                        store.engine.dialect)
     with store.engine.begin() as conn:

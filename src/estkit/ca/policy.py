@@ -154,13 +154,12 @@ def shape_certificate(req: EnrollRequest, *, issuer: x509.Certificate, public_ke
     not_after = req.now + (validity if validity is not None else timedelta(days=p.validity_days))
     if not_after > issuer.not_valid_after_utc:
         not_after = issuer.not_valid_after_utc
-    head, tail = _profile_extensions(p, issuer)
-    exts = [*head, x509.Extension(SKI_OID, False, x509.SubjectKeyIdentifier.from_public_key(public_key)),  # type: ignore[arg-type]
-            *tail]
+    before_ski, before_san, after_san = _profile_extensions(p, issuer)
+    ski = x509.Extension(SKI_OID, False, x509.SubjectKeyIdentifier.from_public_key(public_key))  # type: ignore[arg-type]
     san = req.csr.san
-    if p.honour_san and san is not None:
-        # RFC 5280 §4.2.1.6: critical when the subject is empty
-        exts.insert(len(exts) - (1 if p.crl_url else 0), x509.Extension(SAN_OID, len(req.csr.subject) == 0, san))
+    # RFC 5280 §4.2.1.6: the SAN is critical when the subject is empty
+    sans = [x509.Extension(SAN_OID, len(req.csr.subject) == 0, san)] if p.honour_san and san is not None else []
+    exts = [*before_ski, ski, *before_san, *sans, *after_san]
     return x509.CertificateBuilder(issuer_name=issuer.subject, subject_name=req.csr.subject,
                                    public_key=public_key, serial_number=serial,  # type: ignore[arg-type]
                                    not_valid_before=not_before, not_valid_after=not_after, extensions=exts)
@@ -170,31 +169,33 @@ SKI_OID = x509.SubjectKeyIdentifier.oid
 SAN_OID = x509.SubjectAlternativeName.oid
 
 
+_Extensions = tuple[x509.Extension[x509.ExtensionType], ...]
+
+
 @lru_cache(maxsize=64)
-def _profile_extensions(p: Profile, issuer: x509.Certificate) -> tuple[tuple[x509.Extension[x509.ExtensionType], ...],
-                                                                     tuple[x509.Extension[x509.ExtensionType], ...]]:
+def _profile_extensions(p: Profile, issuer: x509.Certificate) -> tuple[_Extensions, _Extensions, _Extensions]:
     """The extensions every certificate of a profile and issuer carries, built
-    once: those before the subjectKeyIdentifier (basicConstraints, keyUsage)
-    and those after it (authorityKeyIdentifier, extendedKeyUsage, CRL
-    distribution point).  The request's subjectAltName goes before the last."""
-    head: list[x509.Extension[x509.ExtensionType]] = [
+    once, in the places around the per-request ones: before the
+    subjectKeyIdentifier (basicConstraints, keyUsage), between it and the
+    subjectAltName (authorityKeyIdentifier, extendedKeyUsage), after the
+    subjectAltName (CRL distribution point)."""
+    before_ski = (
         x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
-        x509.Extension(x509.KeyUsage.oid, True, key_usage_extension(p.key_usage))]
-    tail: list[x509.Extension[x509.ExtensionType]] = []
+        x509.Extension(x509.KeyUsage.oid, True, key_usage_extension(p.key_usage)))
+    before_san: list[x509.Extension[x509.ExtensionType]] = []
     try:
-        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        tail.append(x509.Extension(x509.AuthorityKeyIdentifier.oid, False,
-                                   x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)))
+        issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        before_san.append(x509.Extension(x509.AuthorityKeyIdentifier.oid, False,
+                                         x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)))
     except x509.ExtensionNotFound:
         pass
     if p.extended_key_usage:
-        tail.append(x509.Extension(x509.ExtendedKeyUsage.oid, False,
-                                   x509.ExtendedKeyUsage([eku_oid(e) for e in p.extended_key_usage])))
-    if p.crl_url:
-        tail.append(x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([
-            x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(p.crl_url)], relative_name=None,
-                                   reasons=None, crl_issuer=None)])))
-    return tuple(head), tuple(tail)
+        before_san.append(x509.Extension(x509.ExtendedKeyUsage.oid, False,
+                                         x509.ExtendedKeyUsage([eku_oid(e) for e in p.extended_key_usage])))
+    after_san = (x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([
+        x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(p.crl_url)], relative_name=None,
+                               reasons=None, crl_issuer=None)])),) if p.crl_url else ()
+    return before_ski, tuple(before_san), after_san
 
 
 def check_result(cert: x509.Certificate, issuer: x509.Certificate) -> None:

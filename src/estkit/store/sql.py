@@ -40,10 +40,10 @@ _PENDING: Table = Pending.__table__  # type: ignore[assignment]
 _CRL: Table = CrlState.__table__  # type: ignore[assignment]
 _CLAIMS: Table = ClaimRow.__table__  # type: ignore[assignment]
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
-# The statements of every enrollment, built once with their values passed as
-# parameters: ``insert(t).values(**row)`` builds a bind parameter per column
-# on every call (a third of an enrollment's time, docs/benchmark.md).
-_INSERT_CERT = insert(_CERTS)
+# Statements built once with their values passed as parameters:
+# ``insert(t).values(**row)`` builds a bind parameter per column on every call
+# (a third of an enrollment's time, docs/benchmark.md).  The two INSERTs of an
+# enrollment go further, to the driver (estkit.store.driverinsert).
 _INSERT_AUDIT = insert(_AUDIT)
 _CERT_COLUMNS = ("serial", "ca", "label", "subject", "sans", "not_before", "not_after", "requester", "key_type",
                  "csr_fingerprint", "der", "issued_at")

@@ -34,6 +34,9 @@ def _configure(doc: dict[str, Any]) -> None:
     doc["labels"]["held"] = {**base, "manual_approval": True, "pending_retry_after": 1}
     doc["labels"]["kg"] = {**base, "serverkeygen": True}
     doc["labels"]["kgenc"] = {**base, "serverkeygen": True, "serverkeygen_encrypt": True}
+    # A device's certificate may ask for a server-generated key for another name on any label only
+    # because this table grants it (without one: its own names on its own label, docs/policy.md).
+    doc["policies"] = {"devices": {"kinds": ["cert"]}}
     doc["labels"]["p384"] = {**base, "allowed_key_types": ["ec:P-384"]}
 
 

@@ -51,6 +51,10 @@ def _configure(crl_port: int) -> Any:
         doc["labels"]["default"]["cmc_secrets_file"] = "cmc-secrets"
         doc["labels"]["ra"] = {**doc["labels"]["default"], "extended_key_usage": ["clientAuth", "cmcRA"]}
         doc["labels"]["held"] = {**doc["labels"]["default"], "manual_approval": True, "pending_retry_after": 17}
+        # RA authority is granted, never obtained (docs/policy.md): the user may use the RA label,
+        # and RA certificates act as RAs.
+        doc["policies"] = {"operators": {"users": [USER], "labels": ["default", "ra", "held"]},
+                           "ras": {"kinds": ["ra"]}}
     return conf
 
 

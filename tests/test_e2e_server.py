@@ -300,9 +300,14 @@ def test_ok_simpleenroll_with_bootstrap_certificate(srv: ServerProcess, manufact
 
 def test_ok_simpleenroll_with_issued_client_certificate(srv: ServerProcess, tmp_path: Path) -> None:
     cert_path, key_path = _enroll(srv, tmp_path, "certauth")
-    r = https(srv, "POST", "simpleenroll", _b64(build_csr(generate_key("ec:P-256"), cn="second")), headers=PKCS10,
+    # its own name: a certificate without a [policies] grant asks for nothing else (docs/policy.md)
+    r = https(srv, "POST", "simpleenroll", _b64(build_csr(generate_key("ec:P-256"), cn="certauth")), headers=PKCS10,
               ctx=srv.ssl_context(cert_path, key_path))
     assert r.status == 200, r.body
+    assert parse_certs_only(decode_b64(r.body))[0].subject.rfc4514_string() == "CN=certauth"
+    r = https(srv, "POST", "simpleenroll", _b64(build_csr(generate_key("ec:P-256"), cn="second")), headers=PKCS10,
+              ctx=srv.ssl_context(cert_path, key_path))
+    assert r.status == 403 and b"rule 'own-names'" in r.body, r.body
 
 
 # -- proof-of-possession linking (RFC 7030 §3.5) -----------------------------------------------------

@@ -26,6 +26,8 @@ from estkit.protocol.keys import generate_key
 
 ALICE, BOB, RL = ("alice", "pw-alice"), ("bob", "pw-bob"), ("rl", "pw-rl")
 POLICIES = {
+    # alice may use every label, the RA label included (RA authority is granted, never obtained)
+    "alice": {"users": ["alice"], "labels": ["default", "devices", "ra", "linked"]},
     "idevid": {"kinds": ["bootstrap"], "issuers": [MFG_CA], "labels": ["default"], "cn": ["{serialNumber}"],
                "dns": ["{serialNumber}.devices.example.com"], "once": True},
     "ras": {"kinds": ["ra"], "labels": ["default", "linked"], "cn": ["dev-*"], "dns": ["*.devices.example.com"],

@@ -10,16 +10,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from estkit.ca.authz import GUARD, MAX_VALIDITY, Authorize, PolicyError, RateLimit, parse_rate, policy_from_mapping
+from estkit.ca.authority import identity_of_user
+from estkit.ca.authz import Authorize
 from estkit.ca.create import ca_name, make_ca_certificate
-from estkit.ca.identity import Identity, IdentityKind, RequestContext
-from estkit.ca.policy import EnrollRequest
-from estkit.ca.ports import IssueGuard
+from estkit.ca.identity import Enrollee, Identity, IdentityKind, RequestContext
+from estkit.ca.policy import EnrollRequest, Grant, Operation
+from estkit.ca.ports import IssueGuard, UserRecord
 from estkit.ca.profile import Profile
+from estkit.ca.rules import PolicyError, RateLimit, parse_rate, policy_from_mapping
 from estkit.ca.signer import KeySigner
 from estkit.errors import Forbidden
 from estkit.protocol.csr import build_csr, load_csr
 from estkit.protocol.keys import generate_key
+from estkit.protocol.request import from_pkcs10
 
 KEY = generate_key("ec:P-256")
 _CA_KEY = generate_key("ec:P-256")
@@ -38,6 +41,7 @@ def _device_cert(subject: x509.Name) -> x509.Certificate:
 IDEVID = _device_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idevid"),
                                  x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN123")]))
 GW = _device_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-1")]))
+PRINTER = _device_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "printer-1")]))
 
 BOB = {"labels": ["default"], "cn": ["{name}"], "dns": ["*.devices.example.com"], "ip": ["10.0.0.0/8"],
        "max_validity_days": 7}
@@ -45,30 +49,45 @@ RULES = [
     policy_from_mapping("idevid", {"kinds": ["bootstrap"], "issuers": ["CN=Device Manufacturer CA"],
                                    "cn": ["{serialNumber}"], "dns": ["{serialNumber}.devices.example.com"],
                                    "once": True}, selectors=True),
-    policy_from_mapping("ras", {"kinds": ["ra"], "labels": ["default"], "cn": ["dev-*"],
+    policy_from_mapping("ras", {"kinds": ["ra"], "subjects": ["CN=gw-*"], "labels": ["default"], "cn": ["dev-*"],
                                 "dns": ["*.devices.example.com"]}, selectors=True),
     policy_from_mapping("gateways", {"subjects": ["CN=gw-*"], "cn": ["{name}"], "rate": "3/hour"}, selectors=True),
 ]
 
 
+def _user(name: str, policy: dict[str, Any] | None = None, one_time: bool = False) -> Identity:
+    return identity_of_user(UserRecord(name, "-", datetime.now(UTC), one_time=one_time, policy=policy))
+
+
 def _ident(kind: str, policy: dict[str, Any] | None = None, one_time: bool = False) -> Identity:
     if kind == "user":
-        return Identity(IdentityKind.USER, "bob", policy=policy, one_time=one_time)
+        return _user("bob", policy, one_time)
     if kind == "star":  # a user whose name is a glob must not become a wildcard
-        return Identity(IdentityKind.USER, "*", policy={"cn": ["{name}"]})
+        return _user("*", {"cn": ["{name}"]})
     if kind == "bootstrap":
         return Identity(IdentityKind.BOOTSTRAP, IDEVID.subject.rfc4514_string(), certificate=IDEVID)
-    if kind == "ra":
-        return Identity(IdentityKind.CERT, "CN=ra-1", certificate=GW, is_ra=True)
-    return Identity(IdentityKind.CERT, GW.subject.rfc4514_string(), certificate=GW)
+    if kind == "ra":  # an id-kp-cmcRA certificate that the "ras" table grants
+        return Identity(IdentityKind.CERT, "CN=ra-1", certificate=GW, is_ra=True, ra_eku=True, label="default")
+    if kind == "ra-ungranted":  # an id-kp-cmcRA certificate no table selects
+        return Identity(IdentityKind.CERT, "CN=printer-1", certificate=PRINTER, ra_eku=True, label="default")
+    if kind == "cert-ungranted":  # a certificate no table selects: its own names only
+        return Identity(IdentityKind.CERT, "CN=printer-1", certificate=PRINTER, label="default",
+                        enrollee=Enrollee("user:bob", _user("bob", policy)))
+    if kind == "cert-lost":
+        return Identity(IdentityKind.CERT, "CN=printer-1", certificate=PRINTER, label="default",
+                        enrollee=Enrollee("user:bob", _user("bob"), lost="is disabled"))
+    return Identity(IdentityKind.CERT, GW.subject.rfc4514_string(), certificate=GW, label="default")
 
 
 def _req(ident: Identity, *, cn: str | None = "bob", dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
-         label: str = "default", subject: x509.Name | None = None) -> EnrollRequest:
+         label: str = "default", subject: x509.Name | None = None, renew: bool = False,
+         ra_label: bool = False) -> EnrollRequest:
     info = load_csr(build_csr(KEY, cn=cn, dns=dns, ips=ips, subject=subject))
-    return EnrollRequest(operation="simpleenroll", profile=Profile(label=label, ca="default"), csr=info,
+    profile = Profile(label=label, ca="default", extended_key_usage=("clientAuth", "cmcRA") if ra_label else
+                      ("clientAuth",))
+    return EnrollRequest(operation=Operation.SIMPLEENROLL, profile=profile, request=from_pkcs10(info),
                          ctx=RequestContext(identity=ident, client_cert=ident if ident.certificate else None),
-                         now=datetime.now(UTC))
+                         now=datetime.now(UTC), renew=renew)
 
 
 CASES = [
@@ -98,6 +117,22 @@ CASES = [
     ("fail/ra-other-label", "ra", None, {"cn": "dev-7", "label": "routers"}, "labels"),
     ("ok/cert-own-name", "cert", None, {"cn": "gw-1"}, None),
     ("fail/cert-other-name", "cert", None, {"cn": "gw-2"}, "cn"),
+    ("ok/ungranted-cert-own-name", "cert-ungranted", None, {"cn": "printer-1"}, None),
+    ("fail/ungranted-cert-other-name", "cert-ungranted", None, {"cn": "admin"}, "own-names"),
+    ("fail/ungranted-cert-other-san", "cert-ungranted", None, {"cn": "printer-1", "dns": ("x.example",)},
+     "own-names"),
+    ("fail/ungranted-cert-other-label", "cert-ungranted", None, {"cn": "printer-1", "label": "routers"},
+     "own-label"),
+    ("ok/ungranted-cert-renews", "cert-ungranted", None, {"cn": "printer-1", "renew": True}, None),
+    ("fail/ungranted-cert-renews-to-other-label", "cert-ungranted", None,
+     {"cn": "printer-1", "renew": True, "label": "routers"}, "own-label"),
+    ("fail/cert-bound-by-its-enrollee", "cert-ungranted", {"labels": ["routers"]}, {"cn": "printer-1"}, "labels"),
+    ("fail/cert-of-disabled-enrollee", "cert-lost", None, {"cn": "printer-1"}, "enrollee"),
+    ("fail/ra-ungranted-for-another-name", "ra-ungranted", None, {"cn": "dev-7"}, "own-names"),
+    ("fail/ra-label-user-without-policy", "user", None, {"ra_label": True}, "ra-label"),
+    ("fail/ra-label-user-policy-leaves-labels-open", "user", {"cn": ["{name}"]}, {"ra_label": True}, "ra-label"),
+    ("ok/ra-label-listed", "user", {"labels": ["default"]}, {"ra_label": True}, None),
+    ("fail/ra-label-cert-without-grant", "cert-ungranted", None, {"cn": "printer-1", "ra_label": True}, "ra-label"),
 ]
 
 
@@ -122,24 +157,22 @@ def test_authorize(kind: str, policy: dict[str, Any] | None, kw: dict[str, Any],
 ])
 def test_guard(kind: str, policy: dict[str, Any] | None, one_time: bool, expect: IssueGuard | None) -> None:
     req = _req(_ident(kind, policy, one_time), cn="gw-1" if kind == "cert" else "bob")
-    Authorize(RULES)(req)
-    assert req.extra.get(GUARD) == expect
+    assert Authorize(RULES)(req).guard == expect
 
 
 def test_ok_bootstrap_once_claim_is_the_certificate() -> None:
-    req = _req(_ident("bootstrap"), cn="SN123")
-    Authorize(RULES)(req)
-    guard = req.extra[GUARD]
+    guard = Authorize(RULES)(_req(_ident("bootstrap"), cn="SN123")).guard
     assert isinstance(guard, IssueGuard) and guard.claim is not None and guard.claim.startswith("cert:")
 
 
-def test_ok_max_validity_caps_but_never_extends() -> None:
-    req = _req(_ident("user", BOB))
-    Authorize()(req)
-    assert req.extra[MAX_VALIDITY] == timedelta(days=7)
-    req = _req(_ident("user", {"max_validity_days": 10_000}))
-    Authorize()(req)
-    assert req.extra[MAX_VALIDITY] == timedelta(days=365)
+def test_ok_max_validity_is_the_tightest_cap() -> None:
+    assert Authorize()(_req(_ident("user", BOB))) == Grant(("user:bob",), timedelta(days=7))
+    # the cap never extends the label's validity: shape_certificate takes the shorter
+    assert Authorize()(_req(_ident("user", {"max_validity_days": 10_000}))).max_validity == timedelta(days=10_000)
+    # a certificate gets the tighter of its grant's and its enrollee's caps
+    rules = [policy_from_mapping("p", {"kinds": ["cert"], "max_validity_days": 30}, selectors=True)]
+    req = _req(_ident("cert-ungranted", {"max_validity_days": 9}), cn="printer-1")
+    assert Authorize(rules)(req).max_validity == timedelta(days=9)
 
 
 def test_fail_damaged_stored_policy_allows_nothing() -> None:
@@ -220,7 +253,7 @@ def test_ok_config_policies_in_file_order(tmp_path: Any) -> None:
     step = Authorize(cfg.policies)
     assert step.policy_for(Identity(IdentityKind.USER, "alice")).name == "first"  # type: ignore[union-attr]
     assert step.policy_for(Identity(IdentityKind.USER, "bob")).name == "everyone"  # type: ignore[union-attr]
-    assert step.policy_for(Identity(IdentityKind.USER, "alice", policy={})).name == "user:alice"  # type: ignore[union-attr]
+    assert step.policy_for(Identity(IdentityKind.USER, "alice", policy=policy_from_mapping("user:alice", {}))).name == "user:alice"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("args,message", [

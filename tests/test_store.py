@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -136,3 +137,40 @@ def test_ok_driver_level_inserts_read_back_exactly(store: SqlStore) -> None:
                                 detail="") for i in range(3)])
     probes = store.list_audit(event="probe")
     assert sorted((e.identity, e.at) for e in probes) == [(f"u{i}", now + timedelta(seconds=i / 2)) for i in range(3)]
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_ok_upgrade_records_the_enrollee_of_earlier_certificates(db: str, tmp_path: Path,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """Migration 0004 on a store written before it: a certificate a user requested gets that user as
+    its enrollee; renewals, RA and identityProofV2 requests stay unknown (their own names only)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine, text
+
+    from estkit.store.sql import _MIGRATIONS
+
+    url = f"sqlite:///{tmp_path}/estkit.db" if db == "sqlite" else fresh_database(request.getfixturevalue("pg_url"))
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", _MIGRATIONS)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    now = datetime.now(UTC)
+    rows = {"1a": "user:alice", "2b": "cert:CN=alice-dev", "3c": "user:cmc:gw", "4d": "bootstrap:CN=idevid"}
+    with engine.begin() as conn:
+        for serial, requester in rows.items():
+            conn.execute(text("INSERT INTO certificates (serial, ca, label, subject, sans, not_before, not_after, "
+                              "requester, key_type, csr_fingerprint, der, issued_at) VALUES (:s, 'default', "
+                              "'default', 'CN=x', '[]', :n, :n, :r, 'ec:P-256', 'ab', :d, :n)"),
+                         {"s": serial, "n": now, "r": requester, "d": bytes.fromhex(serial)})
+    engine.dispose()
+    s = open_store(url)
+    try:
+        got = {f"{k:x}": s.get_certificate(k).enrollee for k in (0x1a, 0x2b, 0x3c, 0x4d)}  # type: ignore[union-attr]
+        assert got == {"1a": "user:alice", "2b": "", "3c": "", "4d": ""}
+        s.record_issued(replace(_cert(7), enrollee="user:bob"))
+        assert s.get_certificate(7).enrollee == "user:bob"  # type: ignore[union-attr]
+    finally:
+        s.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from estkit.ca.authz import Policy, PolicyError, policy_from_mapping
+from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.profile import DIGEST_ALGORITHMS, EKU_NAMES, KEY_USAGE_NAMES, Profile
 from estkit.protocol.constants import OPERATIONS
 from estkit.protocol.keys import check_key_type_name

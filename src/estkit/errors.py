@@ -8,7 +8,10 @@ and becomes a logged 500 with no detail.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
+    "FailInfo",
     "EstError",
     "BadRequest",
     "Unauthorized",
@@ -24,22 +27,64 @@ __all__ = [
 ]
 
 
+class FailInfo(IntEnum):
+    """RFC 5272 §6.1.4 CMCFailInfo: how a full CMC response (RFC 7030 §4.3)
+    names the reason of a failure."""
+
+    BAD_ALG = 0
+    BAD_MESSAGE_CHECK = 1
+    BAD_REQUEST = 2
+    BAD_TIME = 3
+    BAD_CERT_ID = 4
+    UNSUPPORTED_EXT = 5
+    MUST_ARCHIVE_KEYS = 6
+    BAD_IDENTITY = 7
+    POP_REQUIRED = 8
+    POP_FAILED = 9
+    NO_KEY_REUSE = 10
+    INTERNAL_CA_ERROR = 11
+    TRY_LATER = 12
+    AUTH_DATA_FAIL = 13
+
+    @property
+    def rfc_name(self) -> str:
+        """The name RFC 5272 gives it: ``badIdentity``."""
+        head, *rest = self.name.lower().split("_")
+        return head + "".join(w.upper() if w == "ca" else w.capitalize() for w in rest)
+
+
 class EstError(Exception):
     """Base of every error estkit reports to a peer.
 
     ``status`` is the HTTP status, ``reason`` a one-line human-readable text
     (RFC 8951 §5: error bodies are ``text/plain``), ``retry_after`` seconds
-    where the status wants a ``Retry-After`` header.
+    where the status wants a ``Retry-After`` header.  ``fail_info`` is what a
+    full CMC response reports for it (each class has its default; a rule that
+    RFC 5272 names more precisely, e.g. popFailed, sets its own), and
+    ``body_parts`` the bodyPartIDs of the CMC request it is about.
     """
 
     status: int = 500
+    fail_info: FailInfo = FailInfo.INTERNAL_CA_ERROR
 
-    def __init__(self, reason: str, *, retry_after: int | None = None, status: int | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: int | None = None, status: int | None = None,
+                 fail_info: FailInfo | None = None, body_parts: tuple[int, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = " ".join(reason.split()) or "error"
         self.retry_after = retry_after
         if status is not None:
             self.status = status
+        if fail_info is not None:
+            self.fail_info = fail_info
+        elif status is not None and 400 <= status < 500:
+            self.fail_info = FailInfo.BAD_REQUEST
+        self.body_parts = body_parts
+
+    def in_parts(self, *body_parts: int) -> EstError:
+        """This error, about these CMC body parts (when it names none yet)."""
+        if not self.body_parts:
+            self.body_parts = body_parts
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.reason!r})"
@@ -49,6 +94,7 @@ class BadRequest(EstError):
     """400: the request's data is malformed or breaks a rule of the RFC."""
 
     status = 400
+    fail_info = FailInfo.BAD_REQUEST
 
 
 class Unauthorized(EstError):
@@ -58,9 +104,11 @@ class Unauthorized(EstError):
     fails on a 401 with a body, interop-notes)."""
 
     status = 401
+    fail_info = FailInfo.BAD_IDENTITY
 
-    def __init__(self, reason: str, *, challenges: tuple[str, ...] = (), empty_body: bool = False) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, *, challenges: tuple[str, ...] = (), empty_body: bool = False,
+                 fail_info: FailInfo | None = None, body_parts: tuple[int, ...] = ()) -> None:
+        super().__init__(reason, fail_info=fail_info, body_parts=body_parts)
         self.challenges = challenges
         self.empty_body = empty_body
 
@@ -69,21 +117,24 @@ class Forbidden(EstError):
     """403: authenticated, but not allowed to do this."""
 
     status = 403
+    fail_info = FailInfo.BAD_IDENTITY
 
 
 class NotFound(EstError):
     """404: unknown path, operation or CA label."""
 
     status = 404
+    fail_info = FailInfo.BAD_REQUEST
 
 
 class MethodNotAllowed(EstError):
     """405: the operation exists but not with this HTTP method."""
 
     status = 405
+    fail_info = FailInfo.BAD_REQUEST
 
     def __init__(self, reason: str, *, allowed: tuple[str, ...] = ()) -> None:
-        super().__init__(reason)
+        super().__init__(reason, fail_info=FailInfo.BAD_REQUEST)
         self.allowed = allowed
 
 
@@ -91,12 +142,14 @@ class PayloadTooLarge(EstError):
     """413: the request body is over the configured limit."""
 
     status = 413
+    fail_info = FailInfo.BAD_REQUEST
 
 
 class UnsupportedMediaType(EstError):
     """415: the request's Content-Type is not the one the operation takes."""
 
     status = 415
+    fail_info = FailInfo.BAD_REQUEST
 
 
 class Pending(EstError):
@@ -104,9 +157,10 @@ class Pending(EstError):
     retries after ``retry_after`` seconds with the same request."""
 
     status = 202
+    fail_info = FailInfo.TRY_LATER
 
-    def __init__(self, reason: str, *, retry_after: int) -> None:
-        super().__init__(reason, retry_after=retry_after)
+    def __init__(self, reason: str, *, retry_after: int, body_parts: tuple[int, ...] = ()) -> None:
+        super().__init__(reason, retry_after=retry_after, body_parts=body_parts)
 
 
 class InternalError(EstError):
@@ -119,6 +173,7 @@ class ServiceUnavailable(EstError):
     """503: temporarily unable; may carry ``Retry-After``."""
 
     status = 503
+    fail_info = FailInfo.TRY_LATER
 
 
 _BY_STATUS: dict[int, type[EstError]] = {

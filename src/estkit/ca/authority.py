@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -16,22 +16,25 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from estkit.ca.authz import AUTHORIZED_POLICIES, GUARD, MAX_VALIDITY
-from estkit.ca.identity import Identity, IdentityKind, RequestContext
+from estkit.ca.authz import Authorize
+from estkit.ca.identity import Enrollee, Identity, IdentityKind, RequestContext
 from estkit.ca.passwords import VerifyCache
-from estkit.ca.policy import EnrollRequest, RequestPolicy, check_result, shape_certificate
-from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, IssueGuard, PendingRequest, Store,
-                             StoreError, UserRecord)
+from estkit.ca.policy import (REQUEST_VALIDATORS, EnrollRequest, Grant, Operation, RequestValidator, check_result,
+                              shape_certificate)
+from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, PendingRequest, Store, StoreError,
+                             UserRecord)
 from estkit.ca.profile import Profile
+from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.signer import Signer
 from estkit.errors import BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, Unauthorized
 from estkit.protocol import constants as c
-from estkit.protocol.csr import CsrInfo, general_names_text, load_csr
+from estkit.protocol.csr import general_names_text, load_csr
 from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
 from estkit.protocol.keys import key_type_of
 from estkit.protocol.pkcs7 import certs_only
+from estkit.protocol.request import CertRequest, from_pkcs10
 
-__all__ = ["IssuingCA", "CertificateAuthority"]
+__all__ = ["IssuingCA", "CertificateAuthority", "identity_of_user"]
 
 log = logging.getLogger("estkit.ca")
 
@@ -63,7 +66,8 @@ class CertificateAuthority:
     """Issues certificates for EST labels under a fixed policy sequence."""
 
     def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
-                 default_label: str, policies: Sequence[RequestPolicy] = AUTHORIZED_POLICIES,
+                 default_label: str, authorize: Authorize | None = None,
+                 validators: Sequence[RequestValidator] = REQUEST_VALIDATORS,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         for p in profiles.values():
             if p.ca not in cas:
@@ -74,7 +78,8 @@ class CertificateAuthority:
         self.profiles = dict(profiles)
         self.store = store
         self.default_label = default_label
-        self.policies = list(policies)
+        self.validators = tuple(validators)
+        self.authorize = authorize if authorize is not None else Authorize()
         self.clock = clock
         self._passwords = VerifyCache()
         self._cacerts = {name: certs_only(ca.published) for name, ca in self.cas.items()}
@@ -132,67 +137,64 @@ class CertificateAuthority:
 
     def simpleenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
         """RFC 7030 §4.2.1: a certificate for a PKCS#10 request."""
-        return self.enroll(c.OP_SIMPLEENROLL, label, csr_der, ctx)
+        return self.enroll(Operation.SIMPLEENROLL, label, from_pkcs10(load_csr(csr_der)), ctx)
 
     def simplereenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
         """RFC 7030 §4.2.2: renew (same key) or rekey (new key) the TLS client
         certificate; subject and SAN must not change."""
-        return self.enroll(c.OP_SIMPLEREENROLL, label, csr_der, ctx, renew=True)
+        return self.enroll(Operation.SIMPLEREENROLL, label, from_pkcs10(load_csr(csr_der)), ctx, renew=True)
 
-    def enroll(self, operation: str, label: str | None, csr_der: bytes, ctx: RequestContext, *,
-               renew: bool = False, public_key: CertificatePublicKeyTypes | None = None,
-               csr: CsrInfo | None = None) -> x509.Certificate:
-        """Run the policy sequence, then shape, check, sign and record.
+    def enroll(self, operation: Operation, label: str | None, request: CertRequest, ctx: RequestContext, *,
+               renew: bool = False, public_key: CertificatePublicKeyTypes | None = None) -> x509.Certificate:
+        """The fixed sequence: request validators, authorization, then (or after
+        manual approval) shape, check, sign and record.
 
-        ``public_key`` overrides the CSR's key (server-side key generation,
-        RFC 7030 §4.4.1: the CSR's key and signature are then ignored)."""
+        ``public_key`` overrides the request's key (server-side key generation,
+        RFC 7030 §4.4.1: the request's key and signature are then ignored)."""
         profile = self.profile(label)
-        info = csr if csr is not None else load_csr(csr_der)
-        req = EnrollRequest(operation=operation, profile=profile, csr=info, ctx=ctx, now=self.clock(),
-                            renew=renew, ignore_csr_key=public_key is not None)
+        req = EnrollRequest(operation=operation, profile=profile, request=request, ctx=ctx, now=self.clock(),
+                            renew=renew, server_key=public_key is not None)
         try:
-            for step in self.policies:
-                step(req)
-            key = public_key if public_key is not None else info.public_key
+            for validate in self.validators:
+                validate(req)
+            grant = self.authorize(req)
+            key = public_key if public_key is not None else request.public_key
             if profile.manual_approval:
-                return self._approval_gate(req, key)
-            return self._issue(req, key)
+                return self._approval_gate(req, key, grant)
+            return self._issue(req, key, grant)
         except EstError as exc:
             if exc.status >= 400:
                 self._audit_quietly(AuditEvent(event="refused", identity=str(ctx.identity), peer=ctx.peer,
-                                               label=profile.label, csr_fingerprint=info.fingerprint,
-                                               detail=f"{operation}: {exc.status} {exc.reason}"))
+                                               label=profile.label, csr_fingerprint=request.fingerprint,
+                                               detail=f"{operation.value}: {exc.status} {exc.reason}"))
             raise
 
-    def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes) -> x509.Certificate:
+    def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes, grant: Grant) -> x509.Certificate:
         ca = self.cas[req.profile.ca]
-        guard = req.extra.get(GUARD)  # one-time code, once-only claim, rate limit (estkit.ca.authz)
-        validity = req.extra.get(MAX_VALIDITY)
         # What shape_certificate puts in: the request's subject and, if honoured, its SAN
         # (read from the request, which has them parsed, rather than from the new certificate).
-        subject = req.csr.subject.rfc4514_string()
-        sans = tuple(general_names_text(req.csr.san if req.profile.honour_san else None))
+        subject = req.request.subject.rfc4514_string()
+        sans = tuple(general_names_text(req.request.san if req.profile.honour_san else None))
         for _attempt in range(3):
             serial = x509.random_serial_number()  # 159 random bits, positive
-            builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial,
-                                        validity=validity if isinstance(validity, timedelta) else None)
+            builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial, grant=grant)
             cert = ca.signer.sign_certificate(builder)
             check_result(cert, ca.cert)
             record = IssuedCert(
                 serial=serial, ca=ca.name, label=req.profile.label, subject=subject, sans=sans,
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc, requester=str(req.ctx.identity),
-                key_type=key_type_of(public_key), csr_fingerprint=req.csr.fingerprint,
-                der=cert.public_bytes(Encoding.DER))
+                key_type=key_type_of(public_key), csr_fingerprint=req.request.fingerprint,
+                der=cert.public_bytes(Encoding.DER), enrollee=req.ctx.identity.enrollee_name)
             event = AuditEvent(event="issued", identity=str(req.ctx.identity), peer=req.ctx.peer,
-                               label=req.profile.label, csr_fingerprint=req.csr.fingerprint, serial=serial,
-                               detail=req.operation)
+                               label=req.profile.label, csr_fingerprint=req.request.fingerprint, serial=serial,
+                               detail=req.operation.value)
             try:
                 # Recorded before it is returned: no record, no certificate.
-                self.store.record_issued(record, event, guard if isinstance(guard, IssueGuard) else None)
+                self.store.record_issued(record, event, grant.guard)
                 return cert
             except GuardFailed as exc:
-                raise Forbidden(exc.reason) from None
+                raise Forbidden(exc.reason) from None  # names its policy and rule (estkit.store)
             except Conflict as exc:
                 if not self._serial_taken(serial):
                     log.error("cannot record issued certificate: %s", exc)
@@ -205,22 +207,22 @@ class CertificateAuthority:
 
     # -- RFC 7030 §4.2.3 manual approval -------------------------------------
 
-    def _approval_gate(self, req: EnrollRequest, key: CertificatePublicKeyTypes) -> x509.Certificate:
+    def _approval_gate(self, req: EnrollRequest, key: CertificatePublicKeyTypes, grant: Grant) -> x509.Certificate:
         """Hold the request for an operator: 202 + Retry-After until decided.
         The same request from the same identity finds the same pending request,
         also when a linked CSR was re-signed on a new connection (RFC 7030
         §3.5: its challengePassword changes with tls-unique)."""
-        p, ctx, fp = req.profile, req.ctx, req.csr.fingerprint
-        who, rkey = str(ctx.identity), req.csr.request_fingerprint
+        p, ctx, fp = req.profile, req.ctx, req.request.fingerprint
+        who, rkey = str(ctx.identity), req.request.request_fingerprint
         pend = self.store.find_pending(who, p.label, fp, rkey)
         if pend is not None and pend.status == "pending" and \
                 pend.created_at + timedelta(hours=p.pending_expiry_hours) <= req.now:
             self.store.decide_pending(pend.id, "expired", "not decided in time", req.now, expected="pending")
             pend = self.store.get_pending(pend.id)
         if pend is None or pend.status == "expired":
-            pend = self.store.add_pending(who, p.label, req.operation, fp, req.csr.der, req.now, rkey)
+            pend = self.store.add_pending(who, p.label, req.operation.value, fp, req.request.der, req.now, rkey)
             self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
-                                           csr_fingerprint=fp, detail=f"{req.operation}: request {pend.id}"))
+                                           csr_fingerprint=fp, detail=f"{req.operation.value}: request {pend.id}"))
         if pend.status == "pending":
             raise Pending(f"request {pend.id} is waiting for approval", retry_after=p.pending_retry_after)
         if pend.status == "rejected":
@@ -233,7 +235,7 @@ class CertificateAuthority:
         if not self.store.decide_pending(pend.id, "issuing", pend.reason, req.now, expected="approved"):
             raise Pending(f"request {pend.id} is being issued", retry_after=1)
         try:
-            cert = self._issue(req, key)
+            cert = self._issue(req, key, grant)
         except EstError:
             self.store.decide_pending(pend.id, "approved", pend.reason, req.now, expected="issuing")
             raise
@@ -288,13 +290,15 @@ class CertificateAuthority:
             raise Unauthorized("credentials expired")
         if user.one_time and user.used_at is not None:
             raise Unauthorized("one-time enrollment code already used")
-        return Identity(IdentityKind.USER, user.name, policy=user.policy, one_time=user.one_time)
+        return identity_of_user(user)
 
     def identify_certificate(self, der: bytes) -> Identity:
         """The identity of a TLS client certificate the handshake already verified.
 
-        One issued here must be in the store and not revoked; one from a
-        bootstrap trust anchor is a BOOTSTRAP identity (RFC 7030 §3.3.2)."""
+        One issued here must be in the store and not revoked; it carries the
+        label it was issued under and its enrollee as they are now (docs/policy.md),
+        and is an RA only when a policy grants it.  One from a bootstrap trust
+        anchor is a BOOTSTRAP identity (RFC 7030 §3.3.2)."""
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -309,8 +313,43 @@ class CertificateAuthority:
                 raise Forbidden("client certificate has been revoked")
             if cert.not_valid_after_utc <= self.clock():
                 raise Forbidden("client certificate has expired")
-            return Identity(IdentityKind.CERT, name, certificate=cert, is_ra=_has_ra_eku(cert))
+            ident = Identity(IdentityKind.CERT, name, certificate=cert, ra_eku=_has_ra_eku(cert), label=stored.label,
+                             enrollee=self._enrollee(stored.enrollee))
+            if ident.ra_eku and self.authorize.grants_ra(ident):
+                ident = replace(ident, is_ra=True)
+            elif ident.ra_eku:
+                log.warning("RA certificate %s (serial %x) has no policy granting RA powers: it may ask only "
+                            "for its own names (docs/policy.md)", name, cert.serial_number)
+            return ident
         return Identity(IdentityKind.BOOTSTRAP, name, certificate=cert)
+
+    def _enrollee(self, name: str) -> Enrollee | None:
+        """Who obtained a certificate, as the store knows them now (None: unknown)."""
+        if not name:
+            return None
+        kind, _, user_name = name.partition(":")
+        if kind != IdentityKind.USER.value:
+            return Enrollee(name)
+        user = self.store.get_user(user_name)
+        if user is None:
+            return Enrollee(name, lost="was removed")
+        if user.disabled:
+            return Enrollee(name, identity_of_user(user), lost="is disabled")
+        # A one-time code's expiry is the code's: once used, its certificates renew as any others.
+        if user.expires_at is not None and user.expires_at <= self.clock() and not (user.one_time and user.used_at):
+            return Enrollee(name, identity_of_user(user), lost="has expired")
+        return Enrollee(name, identity_of_user(user))
+
+
+def identity_of_user(user: UserRecord) -> Identity:
+    """A user's identity with its own policy; a damaged stored policy allows nothing."""
+    policy: Policy | None = None
+    if user.policy is not None:
+        try:
+            policy = policy_from_mapping(f"user:{user.name}", user.policy)
+        except PolicyError:  # a damaged stored policy must not open everything up
+            policy = Policy(name=f"user:{user.name}", labels=())
+    return Identity(IdentityKind.USER, user.name, policy=policy, one_time=user.one_time)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -1,183 +1,102 @@
-"""Authorization: what an authenticated identity may ask for.
+"""Authorization: may this identity ask for this certificate, on this label?
 
-Authentication (``estkit.server.auth``) says who is asking; a :class:`Policy`
-says which labels that identity may use, which subject and subjectAltName
-values it may request, the longest validity it gets and how many certificates
-per period.  :class:`Authorize` is the policy step that applies it, inside the
-CA's fixed sequence, so every operation that issues (simpleenroll,
-simplereenroll, serverkeygen, fullcmc including RA requests) is covered.
+Authentication (``estkit.server.auth``) says who is asking; :class:`Authorize`
+decides what it may ask for.  It is one step of the CA's fixed sequence
+(``estkit.ca.policy``), so every operation that issues is covered:
+simpleenroll, simplereenroll, serverkeygen and fullcmc (PKCS#10 and CRMF,
+signed by an RA or not), and it runs before a request is held for manual
+approval.  The model, with the threat each rule closes, is docs/policy.md:
 
-Where a policy comes from, first match wins:
+- A **user** (HTTP Basic or Digest) is bound by its own policy, else by the
+  first ``[policies.NAME]`` table that selects it; with neither it may ask
+  for any name (an operator made that credential; ``estkit user add`` warns).
+  The same holds for a **bootstrap** identity (a manufacturer's certificate)
+  and a full CMC **identityProofV2** identity, with config tables only.
+- A **certificate issued here** carries its enrollee's authority, never more.
+  Its enrollee (who obtained the first certificate of its chain of renewals)
+  must still be allowed: a disabled, expired or removed user's certificates
+  stop enrolling.  The enrollee's policy bounds it.  Without a ``[policies]``
+  table that selects the certificate itself (its *grant*) it may ask only
+  for its own names (its subject, a subset of its subjectAltNames) on the
+  label it was issued under; with a grant, for what the grant allows.
+- **RA authority is granted, never obtained**: a label whose certificates
+  carry id-kp-cmcRA serves only identities whose policy lists that label,
+  and a certificate with that EKU acts as an RA (RFC 7030 §3.7) only while a
+  grant selects it.
+- **Renewal** (RFC 7030 §4.2.2) keeps the names (``CheckReenroll``), so name
+  rules are not asked again; label rules are: a certificate stays on its label
+  unless its grant lists the other one.
 
-1. a user's own policy in the store (``estkit user add/set``);
-2. the first ``[policies.NAME]`` table of the config whose selectors match
-   (``users``, ``subjects``, ``issuers``, ``kinds``; none at all matches everyone);
-3. none: the identity may request anything the label's profile allows.
-
-What cannot be decided before signing is handed to the store as an
-:class:`IssueGuard` and checked in the transaction that records the
-certificate: a one-time code is consumed, a once-only claim is taken, the
-rate limit is counted (so concurrent requests and several worker processes
-or nodes cannot overshoot).
+What cannot be decided before signing goes to the store as an ``IssueGuard``
+in the :class:`~estkit.ca.policy.Grant`: a one-time code is consumed, a
+once-only claim taken, the rate limit counted, in the transaction that
+records the certificate.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import glob
 import hashlib
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
-from estkit.ca.policy import DEFAULT_POLICIES, EnrollRequest, RequestPolicy
+from estkit.ca.policy import EnrollRequest, Grant, certificate_san
 from estkit.ca.ports import IssueGuard
+from estkit.ca.rules import Policy, matches
 from estkit.errors import Forbidden
+from estkit.protocol.csr import general_names_text
 
-__all__ = ["RateLimit", "Policy", "Authorize", "PolicyError", "parse_rate", "policy_from_mapping",
-           "POLICY_KEYS", "SELECTOR_KEYS", "GUARD", "MAX_VALIDITY", "AUTHORIZED_POLICIES",
-           "KINDS"]
-
-# Keys of EnrollRequest.extra the CA's issuing step reads.
-GUARD = "authz.guard"
-MAX_VALIDITY = "authz.max_validity"
-
-POLICY_KEYS = ("labels", "cn", "subject", "dns", "ip", "email", "uri", "max_validity_days", "rate", "once")
-SELECTOR_KEYS = ("users", "subjects", "issuers", "kinds")
-KINDS = ("user", "cert", "ra", "bootstrap")
-_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
-          "d": 86400, "day": 86400}
-_PLACEHOLDER = re.compile(r"\{(name|serialNumber)\}")
+__all__ = ["Authorize", "Refused", "selects"]
 
 
-class PolicyError(ValueError):
-    """A policy definition is wrong; the message names the key."""
+class Refused(Forbidden):
+    """403: the request is outside what the identity may ask for.  The reason
+    names the policy (when one applies) and the rule; ``rule`` and ``policy``
+    keep them for the audit trail.  In full CMC it is badIdentity."""
 
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most ``count`` certificates per ``seconds`` for one identity."""
-
-    count: int
-    seconds: int
-
-    def __str__(self) -> str:
-        for unit, secs in (("day", 86400), ("hour", 3600), ("minute", 60)):
-            if self.seconds % secs == 0:
-                n = self.seconds // secs
-                return f"{self.count}/{unit}" if n == 1 else f"{self.count}/{n}{unit[0]}"
-        return f"{self.count}/{self.seconds}s"
-
-
-def parse_rate(text: str) -> RateLimit:
-    """``10/hour``, ``100/day``, ``5/10m``, ``3/30s`` as a :class:`RateLimit`."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", text)
-    if not m or m.group(3) not in _UNITS or int(m.group(1)) <= 0 or m.group(2) == "0":
-        raise PolicyError(f"rate {text!r}: expected COUNT/PERIOD such as 10/hour, 100/day, 5/10m")
-    return RateLimit(int(m.group(1)), int(m.group(2) or 1) * _UNITS[m.group(3)])
-
-
-@dataclass(frozen=True)
-class Policy:
-    """One identity's rules.  ``None`` means "not restricted"; once any name
-    rule (cn, subject, dns, ip, email, uri) is set, a subjectAltName of a kind
-    without a rule is refused."""
-
-    name: str
-    labels: tuple[str, ...] | None = None
-    cn: tuple[str, ...] | None = None
-    subject: tuple[str, ...] | None = None
-    dns: tuple[str, ...] | None = None
-    ip: tuple[str, ...] | None = None
-    email: tuple[str, ...] | None = None
-    uri: tuple[str, ...] | None = None
-    max_validity_days: int | None = None
-    rate: RateLimit | None = None
-    once: bool = False
-    # Selectors (config policies only): whom the policy applies to.
-    users: tuple[str, ...] = ()
-    subjects: tuple[str, ...] = ()
-    issuers: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ()
-    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=(), repr=False,
-                                                                                compare=False)
-
-    @property
-    def restricts_names(self) -> bool:
-        """True when any subject or SAN rule is set."""
-        return any(v is not None for v in (self.cn, self.subject, self.dns, self.ip, self.email, self.uri))
-
-    def applies_to(self, ident: Identity) -> bool:
-        """Do this config policy's selectors match the identity?"""
-        if self.kinds and _kind(ident) not in self.kinds:
-            return False
-        if not (self.users or self.subjects or self.issuers):
-            return True
-        if ident.kind == IdentityKind.USER and any(fnmatch.fnmatchcase(ident.name, p) for p in self.users):
-            return True
-        cert = ident.certificate
-        if cert is None:
-            return False
-        return (any(fnmatch.fnmatchcase(cert.subject.rfc4514_string(), p) for p in self.subjects)
-                or any(fnmatch.fnmatchcase(cert.issuer.rfc4514_string(), p) for p in self.issuers))
+    def __init__(self, policy: str | None, rule: str, why: str) -> None:
+        where = f"policy '{policy}' " if policy else ""
+        super().__init__(f"not authorized: {where}rule '{rule}': {why}")
+        self.policy = policy
+        self.rule = rule
 
 
 def _kind(ident: Identity) -> str:
-    return "ra" if ident.is_ra else ident.kind.value
+    """The ``kinds`` selector value of an identity: an id-kp-cmcRA certificate
+    is ``ra`` by its EKU (a grant is what makes it act as one)."""
+    if ident.kind == IdentityKind.CERT:
+        return "ra" if ident.ra_eku else "cert"
+    if ident.kind == IdentityKind.CMC:
+        return "user"
+    return str(ident.kind.value)
 
 
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise PolicyError(f"'{key}' must be a list of non-empty strings")
-    return tuple(value)
-
-
-def policy_from_mapping(name: str, raw: Mapping[str, Any], *, selectors: bool = False) -> Policy:
-    """A policy from a config table or a user's stored JSON; PolicyError names a bad key."""
-    known = POLICY_KEYS + (SELECTOR_KEYS if selectors else ())
-    vals: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise PolicyError(f"unknown key '{key}' (known: {', '.join(known)})")
-        if key == "max_validity_days":
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise PolicyError("'max_validity_days' must be a positive integer")
-            vals[key] = value
-        elif key == "rate":
-            if not isinstance(value, str):
-                raise PolicyError("'rate' must be a string such as \"10/hour\"")
-            vals[key] = parse_rate(value)
-        elif key == "once":
-            if not isinstance(value, bool):
-                raise PolicyError("'once' must be true or false")
-            vals[key] = value
-        else:
-            vals[key] = _strings(key, value)
-    for k in vals.get("kinds", ()):
-        if k not in KINDS:
-            raise PolicyError(f"'kinds': unknown {k!r} (one of {', '.join(KINDS)})")
-    nets = []
-    for net in vals.get("ip", ()):
-        try:
-            nets.append(ipaddress.ip_network(net, strict=False))
-        except ValueError:
-            raise PolicyError(f"'ip': {net!r} is not an IP network such as 10.0.0.0/8") from None
-    return Policy(name=name, _networks=tuple(nets), **vals)
+def selects(p: Policy, ident: Identity) -> bool:
+    """Do a config policy's selectors match the identity?"""
+    if p.kinds and _kind(ident) not in p.kinds:
+        return False
+    if not (p.users or p.subjects or p.issuers):
+        return True
+    if ident.kind in (IdentityKind.USER, IdentityKind.CMC):
+        name = ident.name if ident.kind == IdentityKind.USER else str(ident)
+        return any(fnmatch.fnmatchcase(name, pat) for pat in p.users)
+    cert = ident.certificate
+    if cert is None:
+        return False
+    return (any(fnmatch.fnmatchcase(cert.subject.rfc4514_string(), pat) for pat in p.subjects)
+            or any(fnmatch.fnmatchcase(cert.issuer.rfc4514_string(), pat) for pat in p.issuers))
 
 
 def _vars(ident: Identity, ctx: RequestContext) -> dict[str, str | None]:
+    """The values of ``{name}`` and ``{serialNumber}`` for an identity."""
     cert = ident.certificate or (ctx.client_cert.certificate if ctx.client_cert is not None else None)
-    name: str | None = ident.name if ident.kind == IdentityKind.USER else _attr(cert, NameOID.COMMON_NAME)
+    name = ident.name if ident.kind in (IdentityKind.USER, IdentityKind.CMC) else _attr(cert, NameOID.COMMON_NAME)
     return {"name": name, "serialNumber": _attr(cert, NameOID.SERIAL_NUMBER)}
 
 
@@ -188,127 +107,156 @@ def _attr(cert: x509.Certificate | None, oid: x509.ObjectIdentifier) -> str | No
     return str(attrs[0].value) if attrs else None
 
 
-def _expand(pattern: str, values: Mapping[str, str | None]) -> str | None:
-    """Substitute ``{name}`` / ``{serialNumber}``, glob-escaped (a user named
-    ``*`` must not become a wildcard); None when a value is missing."""
-    missing = False
-
-    def sub(m: re.Match[str]) -> str:
-        nonlocal missing
-        v = values.get(m.group(1))
-        if not v:
-            missing = True
-            return ""
-        return glob.escape(v)
-
-    out = _PLACEHOLDER.sub(sub, pattern)
-    return None if missing else out
-
-
-def _match(value: str, patterns: Sequence[str], values: Mapping[str, str | None], *, fold: bool = False) -> bool:
-    for p in patterns:
-        e = _expand(p, values)
-        if e is not None and fnmatch.fnmatchcase(value.lower() if fold else value, e.lower() if fold else e):
-            return True
-    return False
-
-
 class Authorize:
-    """The authorization step (runs last in the validation sequence, before a
-    request is held for approval or issued)."""
+    """The authorization step: a :class:`Grant`, or :class:`Refused` naming the rule."""
 
     def __init__(self, rules: Sequence[Policy] = ()) -> None:
         self.rules = tuple(rules)
 
     def policy_for(self, ident: Identity) -> Policy | None:
-        """The identity's policy: its own stored one, else the first matching config policy."""
+        """The policy an identity is bound by: a user's own, else the first
+        config table that selects it (for a certificate issued here: its grant)."""
         if ident.kind == IdentityKind.USER and ident.policy is not None:
-            try:
-                return policy_from_mapping(f"user:{ident.name}", ident.policy)
-            except PolicyError:  # a damaged stored policy must not open everything up
-                return Policy(name=f"user:{ident.name}", labels=())
-        return next((p for p in self.rules if p.applies_to(ident)), None)
+            return ident.policy
+        return next((p for p in self.rules if selects(p, ident)), None)
 
-    def __call__(self, req: EnrollRequest) -> None:
+    def grants_ra(self, ident: Identity) -> bool:
+        """Does a policy make this id-kp-cmcRA certificate an RA (RFC 7030 §3.7)?"""
+        return ident.ra_eku and self.policy_for(ident) is not None
+
+    def __call__(self, req: EnrollRequest) -> Grant:
         ident = req.ctx.identity
-        guard_user = ident.name if ident.kind == IdentityKind.USER and ident.one_time else None
+        if ident.kind == IdentityKind.CERT:
+            return self._certificate(req, ident)
         p = self.policy_for(ident)
-        if p is None:
-            if guard_user:
-                req.extra[GUARD] = IssueGuard(consume_user=guard_user)
-            return
-        self._check(p, req)
-        if p.max_validity_days is not None:
-            req.extra[MAX_VALIDITY] = timedelta(days=min(p.max_validity_days, req.profile.validity_days))
+        if p is not None:
+            self._check(p, req, ident, names=True)
+        self._ra_label(req, p)
+        one_time = ident.name if ident.kind == IdentityKind.USER and ident.one_time else None
+        return self._grant(req, ident, p, None, one_time)
+
+    def _certificate(self, req: EnrollRequest, ident: Identity) -> Grant:
+        """A certificate issued here: its enrollee's authority, its grant or its own names."""
+        en = ident.enrollee
+        if en is not None and en.lost is not None:
+            raise Refused(None, "enrollee", f"{en.name}, who obtained this certificate, {en.lost}: its "
+                          "certificates may no longer enroll (they stay valid for TLS until revoked or expired)")
+        grant = self.policy_for(ident)
+        label = req.profile.label
+        if grant is None:
+            self._ra_label(req, None)
+            if not req.renew:
+                self._own_names(req, ident)
+            if label != ident.label:
+                raise Refused(None, "own-label", f"this certificate was issued under label {ident.label!r} and "
+                              f"may not enroll on {label!r} (a [policies] table can allow it)")
+        else:
+            self._check(grant, req, ident, names=not req.renew)
+            self._ra_label(req, grant)
+            if req.renew and label != ident.label and not grant.lists_label(label):
+                raise Refused(grant.name, "own-label", f"renewal stays on label {ident.label!r} unless the policy "
+                              f"lists {label!r}")
+        bound = self.policy_for(en.user) if en is not None and en.user is not None else None
+        if bound is not None and en is not None and en.user is not None:
+            # A certificate never carries more than its enrollee may ask for itself.
+            self._check(bound, req, en.user, names=not req.renew)
+        return self._grant(req, ident, grant, bound, None)
+
+    def _grant(self, req: EnrollRequest, ident: Identity, p: Policy | None, bound: Policy | None,
+               one_time: str | None) -> Grant:
+        caps = [q.max_validity_days for q in (p, bound) if q is not None and q.max_validity_days is not None]
+        max_validity = timedelta(days=min(caps)) if caps else None
         claim = None
-        if p.once:
+        if p is not None and p.once:
             claim = ("cert:" + hashlib.sha256(ident.certificate.public_bytes(Encoding.DER)).hexdigest()
                      if ident.certificate is not None else str(ident))
-        if guard_user or claim or p.rate:
-            req.extra[GUARD] = IssueGuard(consume_user=guard_user, claim=claim, policy=p.name,
-                                          rate_count=p.rate.count if p.rate else None,
-                                          rate_seconds=p.rate.seconds if p.rate else 0)
+        rate = p.rate if p is not None else None
+        guard = None
+        if one_time or claim or rate:
+            guard = IssueGuard(consume_user=one_time, claim=claim, policy=p.name if p is not None else "",
+                               rate_count=rate.count if rate else None, rate_seconds=rate.seconds if rate else 0)
+        names = tuple(q.name for q in (p, bound) if q is not None)
+        return Grant(policies=names, max_validity=max_validity, guard=guard)
 
     @staticmethod
-    def _refuse(p: Policy, rule: str, why: str) -> Forbidden:
-        return Forbidden(f"not authorized: policy '{p.name}' rule '{rule}': {why}")
+    def _ra_label(req: EnrollRequest, p: Policy | None) -> None:
+        """RA authority is granted, never obtained (RFC 7030 §3.7)."""
+        label = req.profile.label
+        if req.profile.issues_ra and (p is None or not p.lists_label(label)):
+            raise Refused(p.name if p is not None else None, "ra-label",
+                          f"label {label!r} issues RA certificates (id-kp-cmcRA): only identities whose policy "
+                          "lists this label may use it")
+
+    @staticmethod
+    def _own_names(req: EnrollRequest, ident: Identity) -> None:
+        """Without a grant, a certificate asks only for its own subject and a subset of its SANs."""
+        cert = ident.certificate
+        assert cert is not None  # a certificate identity always has its certificate
+        subject = req.request.subject
+        own = set(general_names_text(certificate_san(cert)))
+        asked = general_names_text(req.request.san if req.profile.honour_san else None)
+        foreign = [n for n in asked if n not in own]
+        if len(subject) > 0 and subject.public_bytes() != cert.subject.public_bytes():
+            foreign.insert(0, subject.rfc4514_string())
+        if foreign:
+            hint = ("an RA certificate acts as an RA only when a [policies] table selects it" if ident.ra_eku
+                    else "a [policies] table can allow more")
+            raise Refused(None, "own-names", f"a certificate without a policy may ask only for its own subject "
+                          f"and subjectAltNames, not {', '.join(foreign)} ({hint})")
 
     def authorize_revocation(self, ident: Identity, ctx: RequestContext, label: str, cert: x509.Certificate) -> None:
         """An RA revoking someone else's certificate (RFC 5272 §6.11) may revoke
         only what its policy would have let it request: the certificate's label
-        and names are checked like an enrollment's (Forbidden naming the rule)."""
+        and names are checked like an enrollment's (Refused naming the rule)."""
         p = self.policy_for(ident)
         if p is None:
-            return
-        try:
-            san: x509.SubjectAlternativeName | None = cert.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            san = None
-        self._check_target(p, ident, ctx, label, cert.subject, san)
+            raise Refused(None, "ra", "only a registration authority that a policy selects revokes others' "
+                          "certificates")
+        self._check_target(p, ident, ctx, label, cert.subject, certificate_san(cert))
+        en = ident.enrollee
+        bound = self.policy_for(en.user) if en is not None and en.user is not None else None
+        if bound is not None and en is not None and en.user is not None:
+            self._check_target(bound, en.user, ctx, label, cert.subject, certificate_san(cert))
 
-    def _check(self, p: Policy, req: EnrollRequest) -> None:
-        self._check_target(p, req.ctx.identity, req.ctx, req.profile.label, req.csr.subject,
-                           req.csr.san if req.profile.honour_san else None)
+    def _check(self, p: Policy, req: EnrollRequest, ident: Identity, *, names: bool) -> None:
+        san = req.request.san if req.profile.honour_san else None
+        self._check_target(p, ident, req.ctx, req.profile.label, req.request.subject, san, names=names)
 
     def _check_target(self, p: Policy, ident: Identity, ctx: RequestContext, label: str, subject: x509.Name,
-                      san: x509.SubjectAlternativeName | None) -> None:
+                      san: x509.SubjectAlternativeName | None, *, names: bool = True) -> None:
         if p.labels is not None and label not in p.labels:
-            raise self._refuse(p, "labels", f"label {label!r} is not allowed for {ident} "
-                               f"(allowed: {', '.join(p.labels) or 'none'})")
-        if not p.restricts_names:
+            raise Refused(p.name, "labels", f"label {label!r} is not allowed for {ident} "
+                          f"(allowed: {', '.join(p.labels) or 'none'})")
+        if not names or not p.restricts_names:
             return
         values = _vars(ident, ctx)
-        if p.subject is not None and not _match(subject.rfc4514_string(), p.subject, values):
-            raise self._refuse(p, "subject", f"subject {subject.rfc4514_string()!r} is not allowed")
+        if p.subject is not None and not matches(subject.rfc4514_string(), p.subject, values):
+            raise Refused(p.name, "subject", f"subject {subject.rfc4514_string()!r} is not allowed")
         if p.cn is not None:
             cns = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
             if not cns and len(subject) > 0:
-                raise self._refuse(p, "cn", "the subject has no CN")
+                raise Refused(p.name, "cn", "the subject has no CN")
             for cn in cns:
-                if not _match(cn, p.cn, values):
-                    raise self._refuse(p, "cn", f"CN {cn!r} is not allowed")
+                if not matches(cn, p.cn, values):
+                    raise Refused(p.name, "cn", f"CN {cn!r} is not allowed")
         for gn in san or ():
-            self._check_san(p, gn, values)
-
-    def _check_san(self, p: Policy, gn: x509.GeneralName, values: Mapping[str, str | None]) -> None:
-        if isinstance(gn, x509.DNSName):
-            if p.dns is None or not _match(gn.value, p.dns, values, fold=True):
-                raise self._refuse(p, "dns", f"DNS name {gn.value!r} is not allowed")
-        elif isinstance(gn, x509.IPAddress):
-            addr = gn.value
-            if isinstance(addr, (ipaddress.IPv4Network, ipaddress.IPv6Network)) or \
-                    not any(addr.version == n.version and addr in n for n in p._networks):
-                raise self._refuse(p, "ip", f"IP address {addr} is not allowed")
-        elif isinstance(gn, x509.RFC822Name):
-            if p.email is None or not _match(gn.value, p.email, values, fold=True):
-                raise self._refuse(p, "email", f"email {gn.value!r} is not allowed")
-        elif isinstance(gn, x509.UniformResourceIdentifier):
-            if p.uri is None or not _match(gn.value, p.uri, values):
-                raise self._refuse(p, "uri", f"URI {gn.value!r} is not allowed")
-        else:
-            raise self._refuse(p, "san", f"subjectAltName of type {type(gn).__name__} is not allowed")
+            _check_san(p, gn, values)
 
 
-# The sequence the CA runs by default: validation first, authorization last.
-AUTHORIZED_POLICIES: tuple[RequestPolicy, ...] = (*DEFAULT_POLICIES, Authorize())
+def _check_san(p: Policy, gn: x509.GeneralName, values: Mapping[str, str | None]) -> None:
+    """Once a policy has any name rule, a SAN of a kind without a rule is refused."""
+    if isinstance(gn, x509.DNSName):
+        if p.dns is None or not matches(gn.value, p.dns, values, fold=True):
+            raise Refused(p.name, "dns", f"DNS name {gn.value!r} is not allowed")
+    elif isinstance(gn, x509.IPAddress):
+        addr = gn.value
+        if isinstance(addr, (ipaddress.IPv4Network, ipaddress.IPv6Network)) or not p.allows_ip(addr):
+            raise Refused(p.name, "ip", f"IP address {addr} is not allowed")
+    elif isinstance(gn, x509.RFC822Name):
+        if p.email is None or not matches(gn.value, p.email, values, fold=True):
+            raise Refused(p.name, "email", f"email {gn.value!r} is not allowed")
+    elif isinstance(gn, x509.UniformResourceIdentifier):
+        if p.uri is None or not matches(gn.value, p.uri, values):
+            raise Refused(p.name, "uri", f"URI {gn.value!r} is not allowed")
+    else:
+        raise Refused(p.name, "san", f"subjectAltName of type {type(gn).__name__} is not allowed")

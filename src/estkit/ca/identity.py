@@ -7,7 +7,9 @@ from enum import Enum
 
 from cryptography import x509
 
-__all__ = ["IdentityKind", "Identity", "RequestContext", "ANONYMOUS"]
+from estkit.ca.rules import Policy
+
+__all__ = ["IdentityKind", "Identity", "Enrollee", "RequestContext", "ANONYMOUS"]
 
 
 class IdentityKind(str, Enum):
@@ -17,6 +19,24 @@ class IdentityKind(str, Enum):
     USER = "user"            # HTTP Basic (or Digest) user of the store
     CERT = "cert"            # TLS client certificate issued by this CA, not revoked
     BOOTSTRAP = "bootstrap"  # TLS client certificate from a configured bootstrap trust anchor
+    CMC = "cmc"              # full CMC identityProofV2 with a label's shared secret (RFC 5272 §6.2)
+
+
+@dataclass(frozen=True)
+class Enrollee:
+    """Who obtained a certificate: the identity at the start of its chain of
+    renewals, as the store knows it now.  A certificate carries its enrollee's
+    authority, never more (docs/policy.md).
+
+    ``name`` is ``user:NAME``, ``bootstrap:SUBJECT`` or ``cmc:ID``, or "" when
+    unknown (issued before estkit recorded it); ``user`` is that user as it
+    would authenticate now (its policy bounds the certificate); ``lost`` says
+    why the enrollee's certificates may no longer enroll (the user was
+    disabled, removed or has expired), None when they may."""
+
+    name: str
+    user: Identity | None = None
+    lost: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,18 +44,33 @@ class Identity:
     """An authenticated requester.
 
     ``name`` is the user name, or the certificate subject (RFC 4514) for
-    certificate identities; ``is_ra`` marks an RA certificate (EKU id-kp-cmcRA
-    issued by this CA, RFC 7030 §3.7)."""
+    certificate identities.  For a certificate issued here, ``label`` is the
+    label it was issued under and ``enrollee`` who obtained it; ``ra_eku``
+    marks the extended key usage id-kp-cmcRA (RFC 7030 §3.7), and ``is_ra``
+    whether a policy grants that certificate RA powers (the EKU alone never
+    does).  A user's ``policy`` is its own, from the store."""
 
     kind: IdentityKind
     name: str
     certificate: x509.Certificate | None = field(default=None, compare=False)
     is_ra: bool = False
-    policy: dict[str, object] | None = field(default=None, compare=False)
+    policy: Policy | None = field(default=None, compare=False)
     one_time: bool = False
+    ra_eku: bool = False
+    label: str | None = None
+    enrollee: Enrollee | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.kind.value}:{self.name}" if self.kind != IdentityKind.ANONYMOUS else "-"
+
+    @property
+    def enrollee_name(self) -> str:
+        """What a certificate issued at this identity's request records as its
+        enrollee: the identity itself, or for a certificate (renewal, RA) the
+        enrollee of that certificate, so a chain of renewals keeps the first."""
+        if self.kind == IdentityKind.CERT:
+            return self.enrollee.name if self.enrollee is not None else ""
+        return str(self) if self.kind != IdentityKind.ANONYMOUS else ""
 
 
 ANONYMOUS = Identity(IdentityKind.ANONYMOUS, "")

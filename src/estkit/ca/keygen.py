@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import serialization
 
 from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import RequestContext
-from estkit.ca.policy import MIN_RSA_BITS
+from estkit.ca.policy import Operation, check_key_type
 from estkit.errors import BadRequest, NotFound
-from estkit.protocol import constants as c
 from estkit.protocol.cmc_cms import key_identifiers
 from estkit.protocol.csr import load_csr
+from estkit.protocol.request import from_pkcs10
 from estkit.protocol.envelope import SUPPORTED_RECIPIENTS, decrypt_key_ids, envelope_supported, wrap_server_key
 from estkit.protocol.keys import KEY_TYPES, generate_key
 
@@ -56,13 +56,12 @@ class ServerKeyGen:
         key_type = profile.serverkeygen_key_type or info.key_type
         if key_type not in KEY_TYPES:
             raise BadRequest(f"cannot generate a {key_type} key (supported: {', '.join(KEY_TYPES)})")
-        if key_type.startswith("rsa:") and int(key_type[4:]) < MIN_RSA_BITS:
-            raise BadRequest(f"RSA keys of fewer than {MIN_RSA_BITS} bits are not generated")
-        if not profile.serverkeygen_key_type and key_type not in profile.allowed_key_types:
-            raise BadRequest(f"key type {key_type} (from the CSR) is not allowed for this label "
-                             f"(allowed: {', '.join(profile.allowed_key_types)})")
+        # The label's own serverkeygen_key_type is the operator's choice; a type taken from the
+        # CSR must be one the label allows, by the same rule as any request's key.
+        check_key_type(key_type, (key_type,) if profile.serverkeygen_key_type else profile.allowed_key_types,
+                       source="" if profile.serverkeygen_key_type else " (from the CSR)")
         key = generate_key(key_type)
-        cert = self.ca.enroll(c.OP_SERVERKEYGEN, label, csr_der, ctx, public_key=key.public_key(), csr=info)
+        cert = self.ca.enroll(Operation.SERVERKEYGEN, label, from_pkcs10(info), ctx, public_key=key.public_key())
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         del key

@@ -1,50 +1,85 @@
-"""Issuance as a fixed sequence of small policy steps.
+"""Issuance as a fixed sequence of small, typed steps (docs/policy.md).
 
-Each step looks at an :class:`EnrollRequest` and either returns or raises an
-``EstError``.  Validation steps run first, then the certificate is shaped,
-checked, signed and recorded (``estkit.ca.authority``).
+In the spirit of smallstep's ``sign_options.go``, every enrollment runs the
+same steps in the same order (``estkit.ca.authority``):
+
+1. request validators (this module): proof of possession, key type, a name
+   to certify, linking, the renewal rules;
+2. authorization (``estkit.ca.authz``): may this identity ask for this, on
+   this label; its answer is a :class:`Grant`, the issuance modifiers;
+3. the certificate is shaped by the profile and the grant
+   (:func:`shape_certificate`), checked (:func:`check_result`), signed;
+4. the store records it under the grant's guards (``estkit.ca.ports.IssueGuard``).
+
+Steps pass typed values; a refusal is an ``EstError`` that says which rule
+refused, and carries the CMC failInfo where RFC 5272 names one.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from functools import lru_cache
 from typing import Protocol
 
 from cryptography import x509
 
 from estkit.ca.identity import IdentityKind, RequestContext
+from estkit.ca.ports import IssueGuard
 from estkit.ca.profile import Profile, eku_oid, key_usage_extension
-from estkit.errors import BadRequest, Forbidden, Unauthorized
-from estkit.protocol.csr import CsrInfo, general_names_text
+from estkit.errors import BadRequest, FailInfo, Forbidden, Unauthorized
+from estkit.protocol import constants as c
+from estkit.protocol.csr import general_names_text
+from estkit.protocol.request import CertRequest
 
-__all__ = ["EnrollRequest", "RequestPolicy", "CheckSignature", "CheckKeyType", "CheckLinking",
-           "CheckReenroll", "CheckSubjectPresent", "DEFAULT_POLICIES", "shape_certificate",
-           "check_result", "MIN_RSA_BITS", "linking_value"]
+__all__ = ["Operation", "EnrollRequest", "Grant", "RequestValidator", "CheckProofOfPossession", "CheckKeyType",
+           "CheckLinking", "CheckReenroll", "CheckSubjectPresent", "REQUEST_VALIDATORS", "shape_certificate",
+           "check_result", "MIN_RSA_BITS", "linking_value", "check_key_type"]
 
 MIN_RSA_BITS = 2048
 
 
+class Operation(str, Enum):
+    """The EST operations that issue a certificate (RFC 7030 §4.2-4.4)."""
+
+    SIMPLEENROLL = c.OP_SIMPLEENROLL
+    SIMPLEREENROLL = c.OP_SIMPLEREENROLL
+    SERVERKEYGEN = c.OP_SERVERKEYGEN
+    FULLCMC = c.OP_FULLCMC
+
+
 @dataclass(frozen=True)
 class EnrollRequest:
-    """One enrollment as the policy steps see it."""
+    """One enrollment as the steps see it.  ``renew``: the request renews the
+    certificate that authenticates it (simplereenroll, a CMC renewal);
+    ``server_key``: the key is generated here, so the request's key and its
+    proof of possession are ignored (RFC 7030 §4.4.1)."""
 
-    operation: str          # simpleenroll | simplereenroll | serverkeygen | fullcmc
+    operation: Operation
     profile: Profile
-    csr: CsrInfo
+    request: CertRequest
     ctx: RequestContext
     now: datetime
     renew: bool = False
-    # serverkeygen ignores the CSR's key and signature (RFC 7030 §4.4.1)
-    ignore_csr_key: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    server_key: bool = False
 
 
-class RequestPolicy(Protocol):
-    """One step: raise an EstError to refuse the request."""
+@dataclass(frozen=True)
+class Grant:
+    """What authorization allows beyond yes: the issuance modifiers (a validity
+    cap below the label's) and the guards the store checks when it records
+    the certificate (one-time code, once-only claim, rate limit)."""
+
+    policies: tuple[str, ...] = ()
+    max_validity: timedelta | None = None
+    guard: IssueGuard | None = None
+
+
+class RequestValidator(Protocol):
+    """A request validator: raise an EstError to refuse the request."""
 
     def __call__(self, req: EnrollRequest) -> None: ...
 
@@ -54,34 +89,40 @@ def linking_value(tls_unique: bytes) -> bytes:
     return base64.b64encode(tls_unique)
 
 
-class CheckSignature:
-    """RFC 7030 §3.4: the CSR's signature is the proof of possession."""
+class CheckProofOfPossession:
+    """RFC 7030 §3.4: the CSR's signature (a CRMF POPOSigningKey) is the proof of possession."""
 
     def __call__(self, req: EnrollRequest) -> None:
-        if not req.ignore_csr_key and not req.csr.signature_valid:
-            raise BadRequest("the CSR's signature does not verify (proof of possession failed)")
+        if not req.server_key and not req.request.pop_valid:
+            raise BadRequest("the request's signature does not verify (proof of possession failed)",
+                             fail_info=FailInfo.POP_FAILED)
+
+
+def check_key_type(key_type: str, allowed: tuple[str, ...], *, source: str = "") -> None:
+    """The one key-type rule: RSA below 2048 bits never, else one the label allows
+    (a request's key, or the type /serverkeygen is asked to generate)."""
+    if key_type.startswith("rsa:") and int(key_type[4:]) < MIN_RSA_BITS:
+        raise BadRequest(f"RSA key of {key_type[4:]} bits refused: at least {MIN_RSA_BITS} bits are required",
+                         fail_info=FailInfo.BAD_ALG)
+    if key_type not in allowed:
+        raise BadRequest(f"key type {key_type}{source} is not allowed for this label (allowed: {', '.join(allowed)})",
+                         fail_info=FailInfo.BAD_ALG)
 
 
 class CheckKeyType:
     """The key type must be one the label allows; RSA below 2048 bits never."""
 
     def __call__(self, req: EnrollRequest) -> None:
-        if req.ignore_csr_key:
-            return
-        kt = req.csr.key_type
-        if kt.startswith("rsa:") and int(kt[4:]) < MIN_RSA_BITS:
-            raise BadRequest(f"RSA key of {kt[4:]} bits refused: at least {MIN_RSA_BITS} bits are required")
-        if kt not in req.profile.allowed_key_types:
-            raise BadRequest(f"key type {kt} is not allowed for this label "
-                             f"(allowed: {', '.join(req.profile.allowed_key_types)})")
+        if not req.server_key:  # /serverkeygen checks the type it generates (estkit.ca.keygen)
+            check_key_type(req.request.key_type, req.profile.allowed_key_types)
 
 
 class CheckSubjectPresent:
     """A certificate must name someone: a subject or a subjectAltName."""
 
     def __call__(self, req: EnrollRequest) -> None:
-        if len(req.csr.subject) == 0 and (req.csr.san is None or not req.profile.honour_san):
-            raise BadRequest("the CSR has an empty subject and no subjectAltName")
+        if len(req.request.subject) == 0 and (req.request.san is None or not req.profile.honour_san):
+            raise BadRequest("the request has an empty subject and no subjectAltName")
 
 
 class CheckLinking:
@@ -90,25 +131,28 @@ class CheckLinking:
     tls-unique is defined only up to TLS 1.2 (RFC 9266 §1); on TLS 1.3 a linked
     CSR cannot be checked, so it is refused with a reason that says to use
     TLS 1.2, and a label that requires linking refuses every TLS 1.3 request.
+    A linking failure in full CMC is popFailed (RFC 7030 §3.5).
     """
 
     def __call__(self, req: EnrollRequest) -> None:
-        cp = req.csr.challenge_password
+        cp = req.request.challenge_password
         ctx = req.ctx
         if cp is None:
             if req.profile.require_linking and not (req.profile.ra_waives_linking and _is_ra(ctx)):
                 raise BadRequest("proof-of-possession linking is required for this label: put "
-                                 "base64(tls-unique) of this TLS 1.2 session in the CSR's challengePassword")
+                                 "base64(tls-unique) of this TLS 1.2 session in the CSR's challengePassword",
+                                 fail_info=FailInfo.POP_FAILED)
             return
         if ctx.tls_version != "TLSv1.2" or not ctx.tls_unique:
             raise BadRequest("proof-of-possession linking failed: tls-unique exists only in TLS 1.2; "
-                             "send the linked CSR over a TLS 1.2 connection")
+                             "send the linked CSR over a TLS 1.2 connection", fail_info=FailInfo.POP_FAILED)
         if not hmac.compare_digest(cp.strip(), linking_value(ctx.tls_unique)):
             raise BadRequest("proof-of-possession linking failed: the CSR's challengePassword is not "
-                             "base64(tls-unique) of this TLS session")
+                             "base64(tls-unique) of this TLS session", fail_info=FailInfo.POP_FAILED)
 
 
 def _is_ra(ctx: RequestContext) -> bool:
+    # An RA as a policy grants it, not merely by its extended key usage (docs/policy.md).
     return ctx.client_cert is not None and ctx.client_cert.is_ra
 
 
@@ -125,42 +169,49 @@ class CheckReenroll:
         if cc.kind != IdentityKind.CERT:
             raise Forbidden("simplereenroll renews only certificates issued by this CA")
         old = cc.certificate
-        if old.subject.public_bytes() != req.csr.subject.public_bytes():
+        if old.subject.public_bytes() != req.request.subject.public_bytes():
             raise BadRequest("RFC 7030 §4.2.2: the CSR's subject differs from the certificate being renewed "
-                             f"({req.csr.subject.rfc4514_string()!r} != {old.subject.rfc4514_string()!r})")
-        try:
-            old_san: x509.SubjectAlternativeName | None = old.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            old_san = None
-        if general_names_text(old_san) != general_names_text(req.csr.san):
+                             f"({req.request.subject.rfc4514_string()!r} != {old.subject.rfc4514_string()!r})")
+        if general_names_text(certificate_san(old)) != general_names_text(req.request.san):
             raise BadRequest("RFC 7030 §4.2.2: the CSR's subjectAltName differs from the certificate "
                              "being renewed")
 
 
-DEFAULT_POLICIES: tuple[RequestPolicy, ...] = (
-    CheckSignature(), CheckKeyType(), CheckSubjectPresent(), CheckLinking(), CheckReenroll(),
+def certificate_san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    """A certificate's subjectAltName, None when it has none."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+# The request validators every enrollment runs, in this order, before authorization.
+REQUEST_VALIDATORS: tuple[RequestValidator, ...] = (
+    CheckProofOfPossession(), CheckKeyType(), CheckSubjectPresent(), CheckLinking(), CheckReenroll(),
 )
 
 
 def shape_certificate(req: EnrollRequest, *, issuer: x509.Certificate, public_key: object, serial: int,
-                      validity: timedelta | None = None) -> x509.CertificateBuilder:
+                      grant: Grant = Grant()) -> x509.CertificateBuilder:
     """The certificate the profile makes of this request (unsigned).
 
     Only the subjectAltName is taken from the CSR's requested extensions;
     basicConstraints is always CA:FALSE, whatever the CSR asks."""
     p = req.profile
     not_before = req.now - timedelta(minutes=5)  # tolerate clients whose clocks run a little behind
-    not_after = req.now + (validity if validity is not None else timedelta(days=p.validity_days))
+    validity = timedelta(days=p.validity_days)
+    if grant.max_validity is not None and grant.max_validity < validity:
+        validity = grant.max_validity
+    not_after = req.now + validity
     if not_after > issuer.not_valid_after_utc:
         not_after = issuer.not_valid_after_utc
     before_ski, before_san, after_san = _profile_extensions(p, issuer)
     ski = x509.Extension(SKI_OID, False, x509.SubjectKeyIdentifier.from_public_key(public_key))  # type: ignore[arg-type]
-    san = req.csr.san
+    san = req.request.san
     # RFC 5280 §4.2.1.6: the SAN is critical when the subject is empty
-    sans = [x509.Extension(SAN_OID, len(req.csr.subject) == 0, san)] if p.honour_san and san is not None else []
+    sans = [x509.Extension(SAN_OID, len(req.request.subject) == 0, san)] if p.honour_san and san is not None else []
     exts = [*before_ski, ski, *before_san, *sans, *after_san]
-    return x509.CertificateBuilder(issuer_name=issuer.subject, subject_name=req.csr.subject,
+    return x509.CertificateBuilder(issuer_name=issuer.subject, subject_name=req.request.subject,
                                    public_key=public_key, serial_number=serial,  # type: ignore[arg-type]
                                    not_valid_before=not_before, not_valid_after=not_after, extensions=exts)
 

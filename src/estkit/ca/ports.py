@@ -70,6 +70,9 @@ class IssuedCert:
     key_type: str
     csr_fingerprint: str
     der: bytes
+    # Who obtained the first certificate of this one's chain of renewals
+    # (Identity.enrollee_name): its authority bounds this certificate's.
+    enrollee: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class StoredCert:
     issued_at: datetime
     revoked_at: datetime | None = None
     revocation_reason: str | None = None
+    enrollee: str = ""  # "" when unknown (issued before estkit recorded it)
 
     @property
     def revoked(self) -> bool:

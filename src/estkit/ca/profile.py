@@ -75,3 +75,9 @@ class Profile:
     cmc_secrets_file: str | None = None
     # RFC 7616 HTTP Digest offered on this label besides Basic, e.g. ["SHA-256", "MD5"] (off when empty).
     digest_auth: tuple[str, ...] = ()
+
+    @property
+    def issues_ra(self) -> bool:
+        """Its certificates make their holders registration authorities
+        (id-kp-cmcRA, RFC 7030 §3.7): only identities a policy lists it for may use it."""
+        return any(eku_oid(e) == OID_KP_CMC_RA for e in self.extended_key_usage)

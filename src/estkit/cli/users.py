@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
-from estkit.ca.authz import POLICY_KEYS, PolicyError, policy_from_mapping
+from estkit.ca.authz import selects
+from estkit.ca.identity import Identity, IdentityKind
 from estkit.ca.passwords import digest_ha1, generate_password, hash_password
 from estkit.ca.ports import Conflict, UserRecord
+from estkit.ca.rules import POLICY_KEYS, Policy, PolicyError, policy_from_mapping
 
 __all__ = ["register_users", "parse_expiry", "parse_when"]
 
@@ -92,7 +94,7 @@ def _password(password_stdin: bool, generate: bool) -> tuple[str, bool]:
     return password, False
 
 
-def _store_and_realm(directory: str | None, labels: tuple[str, ...] = ()) -> tuple[Any, str]:
+def _store_and_realm(directory: str | None, labels: tuple[str, ...] = ()) -> tuple[Any, str, tuple[Policy, ...]]:
     from estkit.cli.main import _config
     from estkit.cli.wiring import build_store
     cfg = _config(directory)
@@ -100,13 +102,25 @@ def _store_and_realm(directory: str | None, labels: tuple[str, ...] = ()) -> tup
         if label not in cfg.labels:
             raise click.BadParameter(f"unknown label {label!r} (configured: {', '.join(cfg.labels)})",
                                      param_hint="--label")
-    return build_store(cfg), cfg.server.realm
+    return build_store(cfg), cfg.server.realm, cfg.policies
 
 
-def _flags(u: UserRecord, now: datetime) -> str:
+def _any_name(u: UserRecord, rules: tuple[Policy, ...]) -> bool:
+    """True when nothing restricts the names the user may ask for: neither its
+    own policy nor a [policies] table that selects it (docs/policy.md)."""
+    try:
+        own = policy_from_mapping(f"user:{u.name}", u.policy) if u.policy is not None else None
+    except PolicyError:
+        return False  # a damaged stored policy allows nothing
+    p = own or next((r for r in rules if selects(r, Identity(IdentityKind.USER, u.name))), None)
+    return p is None or not p.restricts_names
+
+
+def _flags(u: UserRecord, now: datetime, rules: tuple[Policy, ...]) -> str:
     flags = [f for f, on in (("one-time", u.one_time), ("used", u.used_at is not None), ("disabled", u.disabled),
                              ("expired", u.expires_at is not None and u.expires_at <= now),
-                             ("digest", bool(u.digest_ha1)), ("policy", u.policy is not None)) if on]
+                             ("digest", bool(u.digest_ha1)), ("policy", u.policy is not None),
+                             ("any-name", _any_name(u, rules))) if on]
     return ",".join(flags) or "-"
 
 
@@ -132,7 +146,7 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
             raise click.UsageError("give one of --password-stdin, --generate or --one-time")
         password, generated = _password(password_stdin, generate or (one_time and not password_stdin))
         now = datetime.now(UTC)
-        store, realm = _store_and_realm(directory, policy["labels"])
+        store, realm, rules = _store_and_realm(directory, policy["labels"])
         record = UserRecord(name=name, password_hash=hash_password(password), created_at=now, one_time=one_time,
                             expires_at=parse_expiry(expires, now) if expires else None,
                             policy=_policy_from_options(None, policy),
@@ -145,22 +159,26 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
             click.echo(password)
         else:
             click.echo(f"added user {name}", err=True)
+        if _any_name(record, rules):
+            click.echo(f"warning: no policy restricts user {name}: it may request any name (add rules such as "
+                       "--cn, --dns, --label, or a [policies] table; docs/policy.md)", err=True)
 
     @user.command("list")
     @dir_option
     def user_list(directory: str | None) -> None:
-        """List users: name, created, flags (one-time, used, disabled, expired, digest, policy)."""
-        store, _ = _store_and_realm(directory)
+        """List users: name, created, flags (one-time, used, disabled, expired, digest, policy,
+        any-name: nothing restricts the names it may request)."""
+        store, _, rules = _store_and_realm(directory)
         now = datetime.now(UTC)
         for u in store.list_users():
-            click.echo(f"{u.name}\t{u.created_at:%Y-%m-%d}\t{_flags(u, now)}")
+            click.echo(f"{u.name}\t{u.created_at:%Y-%m-%d}\t{_flags(u, now, rules)}")
 
     @user.command("show")
     @click.argument("name")
     @dir_option
     def user_show(name: str, directory: str | None) -> None:
         """Show one user and its policy (never the password or its hashes)."""
-        store, _ = _store_and_realm(directory)
+        store, _, _ = _store_and_realm(directory)
         u = store.get_user(name)
         if u is None:
             raise click.ClickException(f"no user {name!r}")
@@ -190,7 +208,7 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
                  unset: tuple[str, ...], **policy: Any) -> None:
         """Change user NAME: password, Digest, enabled, expiry, policy rules (each
         option given replaces that rule)."""
-        store, realm = _store_and_realm(directory, policy["labels"])
+        store, realm, _ = _store_and_realm(directory, policy["labels"])
         u = store.get_user(name)
         if u is None:
             raise click.ClickException(f"no user {name!r}")
@@ -213,6 +231,9 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
             new = replace(new, digest_ha1=None)
         if enable is not None:
             new = replace(new, disabled=not enable)
+            if not enable:
+                click.echo(f"user {name} disabled: its certificates can no longer enroll or re-enroll, but stay "
+                           "valid for TLS until they expire or are revoked (estkit certs list, estkit revoke)", err=True)
         if expires is not None:
             new = replace(new, expires_at=parse_expiry(expires, datetime.now(UTC)))
         if reset_used:
@@ -227,7 +248,9 @@ def register_users(user: click.Group, dir_option: Callable[[Any], Any]) -> None:
     @dir_option
     def user_remove(name: str, directory: str | None) -> None:
         """Remove user NAME."""
-        store, _ = _store_and_realm(directory)
+        store, _, _ = _store_and_realm(directory)
         if not store.remove_user(name):
             raise click.ClickException(f"no user {name!r}")
         click.echo(f"removed user {name}", err=True)
+        click.echo(f"the certificates user {name} obtained can no longer enroll or re-enroll, but stay valid for "
+                   "TLS until they expire or are revoked (estkit certs list, estkit revoke)", err=True)

@@ -10,7 +10,6 @@ from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
-from estkit.ca.policy import DEFAULT_POLICIES
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
@@ -66,7 +65,7 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
                               extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
                                 default_label=config.server.default_label,
-                                policies=(*DEFAULT_POLICIES, Authorize(config.policies)))
+                                authorize=Authorize(config.policies))
 
 
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
@@ -77,6 +76,11 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     if config.server.bootstrap_trust and not any(not p.kinds or "bootstrap" in p.kinds for p in config.policies):
         log.warning("server.bootstrap_trust is set but no [policies.NAME] applies to bootstrap identities: "
                     "any device of those manufacturers may request any name (docs/policy.md)")
+    ra_labels = [name for name, p in config.labels.items() if p.issues_ra]
+    if ra_labels and not any(not p.kinds or "ra" in p.kinds for p in config.policies):
+        log.warning("label(s) %s issue RA certificates (id-kp-cmcRA) but no [policies.NAME] applies to kind "
+                    "'ra': RA certificates get no RA powers, only their own names, until a policy grants them "
+                    "(docs/policy.md)", ", ".join(ra_labels))
     if any(p.digest_auth for p in config.labels.values()):
         from estkit.server.digest import DigestAuth, load_secret
         digest = DigestAuth(ca, config.server.realm, load_secret(config.dir))

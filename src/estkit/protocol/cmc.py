@@ -22,7 +22,7 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import char, univ
 from pyasn1_modules import rfc5280, rfc6402
 
-from estkit.errors import BadRequest
+from estkit.errors import BadRequest, FailInfo
 from estkit.protocol import constants as c
 
 __all__ = [
@@ -36,11 +36,9 @@ __all__ = [
     "decode_identity_proof_v2", "encode_req_sequence", "CmcError",
 ]
 
-# RFC 5272 §6.1.1 CMCStatus and §6.1.4 CMCFailInfo.
+# RFC 5272 §6.1.1 CMCStatus; §6.1.4 CMCFailInfo is estkit.errors.FailInfo (named here by RFC name).
 SUCCESS, FAILED, PENDING, NO_SUPPORT = 0, 2, 3, 4
-FAIL_INFO = {"badAlg": 0, "badMessageCheck": 1, "badRequest": 2, "badTime": 3, "badCertId": 4,
-             "unsupportedExt": 5, "mustArchiveKeys": 6, "badIdentity": 7, "popRequired": 8, "popFailed": 9,
-             "noKeyReuse": 10, "internalCAError": 11, "tryLater": 12, "authDataFail": 13}
+FAIL_INFO = {f.rfc_name: int(f) for f in FailInfo}
 _FAIL_NAME = {v: k for k, v in FAIL_INFO.items()}
 
 

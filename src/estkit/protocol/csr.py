@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,7 +20,7 @@ from estkit.errors import BadRequest
 from estkit.protocol.constants import OID_CHALLENGE_PASSWORD
 from estkit.protocol.keys import key_type_of
 
-__all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_fingerprint"]
+__all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_fingerprint", "request_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,19 @@ class CsrInfo:
         RFC 7030 §3.5 and §4.2.3: a client retrying a held request on a new TLS
         connection must rebuild a linked CSR with that connection's tls-unique,
         so the CSR's bytes change while the request stays the same."""
-        h = hashlib.sha256()
-        for part in (self.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
-                     self.subject.public_bytes(),
-                     *(ext.oid.dotted_string.encode() + ext.value.public_bytes() for ext in self.csr.extensions)):
-            h.update(len(part).to_bytes(4, "big") + part)
-        return h.hexdigest()
+        return request_fingerprint(self.public_key, self.subject,
+                                   ((ext.oid, ext.value) for ext in self.csr.extensions))
+
+
+def request_fingerprint(public_key: CertificatePublicKeyTypes, subject: x509.Name,
+                        extensions: Iterable[tuple[x509.ObjectIdentifier, x509.ExtensionType]]) -> str:
+    """SHA-256 over a request's public key, subject and requested extensions,
+    hex (PKCS#10 and CRMF alike: estkit.protocol.request)."""
+    h = hashlib.sha256()
+    for part in (public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo), subject.public_bytes(),
+                 *(oid.dotted_string.encode() + value.public_bytes() for oid, value in extensions)):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.hexdigest()
 
 
 def csr_fingerprint(der: bytes) -> str:

@@ -33,6 +33,8 @@ class Certificate(Base):
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Who obtained the first certificate of its chain of renewals (NULL: unknown, issued before 0004).
+    enrollee: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     __table_args__ = (
         Index("ix_certificates_ca_revoked", "ca", "revoked_at"),

@@ -46,7 +46,7 @@ _MIGRATIONS = str(Path(__file__).parent / "migrations")
 # enrollment go further, to the driver (estkit.store.driverinsert).
 _INSERT_AUDIT = insert(_AUDIT)
 _CERT_COLUMNS = ("serial", "ca", "label", "subject", "sans", "not_before", "not_after", "requester", "key_type",
-                 "csr_fingerprint", "der", "issued_at")
+                 "csr_fingerprint", "der", "issued_at", "enrollee")
 _AUDIT_COLUMNS = ("at", "event", "identity", "peer", "label", "csr_fingerprint", "serial", "detail")
 _GET_CERT = select(_CERTS).where(_CERTS.c.serial == bindparam("serial"))
 _GET_USER = select(_USERS).where(_USERS.c.name == bindparam("name"))
@@ -157,7 +157,7 @@ class SqlStore:
         row = dict(serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
                    sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
                    requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
-                   der=cert.der, issued_at=now)
+                   der=cert.der, issued_at=now, enrollee=cert.enrollee[:255] or None)
         audit_row = self._audit_row(audit) if audit is not None else None
         if guard is None:
             # Concurrent enrollments share a transaction; each returns once its row is committed.
@@ -214,7 +214,7 @@ class SqlStore:
             sans=tuple(json.loads(row.sans)), not_before=_utc(row.not_before),  # type: ignore[arg-type]
             not_after=_utc(row.not_after), requester=row.requester,  # type: ignore[arg-type]
             der=row.der, issued_at=_utc(row.issued_at),  # type: ignore[arg-type]
-            revoked_at=_utc(row.revoked_at), revocation_reason=row.revocation_reason)
+            revoked_at=_utc(row.revoked_at), revocation_reason=row.revocation_reason, enrollee=row.enrollee or "")
 
     def get_certificate(self, serial: int) -> StoredCert | None:
         with self._tx() as conn:

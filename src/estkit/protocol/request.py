@@ -1,0 +1,68 @@
+"""One certification request, whatever the wire format it came in.
+
+PKCS#10 (RFC 2986, the body of /simpleenroll, /simplereenroll and
+/serverkeygen, and a ``tcr`` of full CMC) and CRMF (RFC 4211, a ``crm`` of
+full CMC) ask for the same things.  protocol/ turns either into a
+:class:`CertRequest`, and the CA's policy reads only that: it never learns
+which format a request came in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from estkit.protocol.cmc_crmf import CrmfRequest
+from estkit.protocol.csr import CsrInfo, csr_fingerprint, request_fingerprint
+from estkit.protocol.keys import key_type_of
+
+__all__ = ["CertRequest", "from_pkcs10", "from_crmf"]
+
+
+@dataclass(frozen=True)
+class CertRequest:
+    """What a client asks to be certified, as the CA's policy steps see it.
+
+    ``pop_valid`` says whether the proof of possession verified (RFC 7030 §3.4:
+    the PKCS#10 signature; RFC 4211 §4: the CRMF POPOSigningKey, or raVerified
+    accepted from an RA).  ``fingerprint`` names the request's bytes in logs
+    and the store; ``request_fingerprint`` names what is asked for (public key,
+    subject, requested extensions), which stays the same when a client re-signs
+    a linked request on a new connection (RFC 7030 §3.5, §4.2.3)."""
+
+    subject: x509.Name
+    san: x509.SubjectAlternativeName | None
+    public_key: CertificatePublicKeyTypes
+    key_type: str
+    pop_valid: bool
+    challenge_password: bytes | None
+    der: bytes
+    fingerprint: str
+    request_fingerprint: str
+    # The PKCS#10 request itself, for the attributes only /serverkeygen reads
+    # (RFC 7030 §4.4.1.1-2 DecryptKeyIdentifier); None for CRMF.
+    pkcs10: x509.CertificateSigningRequest | None = None
+
+    def __repr__(self) -> str:
+        return f"CertRequest({self.subject.rfc4514_string()!r}, {self.key_type}, {self.fingerprint[:16]})"
+
+
+def from_pkcs10(info: CsrInfo) -> CertRequest:
+    """The request of a parsed PKCS#10 (its signature is its proof of possession)."""
+    return CertRequest(subject=info.subject, san=info.san, public_key=info.public_key, key_type=info.key_type,
+                       pop_valid=info.signature_valid, challenge_password=info.challenge_password, der=info.der,
+                       fingerprint=info.fingerprint, request_fingerprint=info.request_fingerprint, pkcs10=info.csr)
+
+
+def from_crmf(crmf: CrmfRequest, der: bytes, *, pop_accepted: bool) -> CertRequest:
+    """The request of a CRMF CertReqMsg; ``pop_accepted`` is the CMC service's
+    verdict on its proof of possession (a verified POPOSigningKey, or
+    raVerified from a registration authority, RFC 4211 §4.1)."""
+    exts = [(x509.SubjectAlternativeName.oid, crmf.san)] if crmf.san is not None else []
+    return CertRequest(subject=crmf.subject, san=crmf.san, public_key=crmf.public_key,
+                       key_type=key_type_of(crmf.public_key), pop_valid=pop_accepted, challenge_password=None,
+                       der=der, fingerprint=csr_fingerprint(der),
+                       request_fingerprint=request_fingerprint(crmf.public_key, crmf.subject, exts))
+

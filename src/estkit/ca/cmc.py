@@ -1,9 +1,10 @@
 """Full CMC (RFC 7030 §4.3, RFC 5272/5273/5274, RFC 6402) on top of the CA.
 
-One call per request: :meth:`CmcService.fullcmc` takes the HTTP body and
-always answers with a signed Full PKI Response and an HTTP status; a failure
-is a ``CMCStatusInfoV2`` with its CMCFailInfo AND a 4xx/5xx status
-(RFC 7030 §4.3.2).  No HTTP here: the handler only encodes the outcome.
+One call per request: :meth:`CmcService.fullcmc` takes the request as
+protocol/ decoded it (``estkit.protocol.cmc_request``) and always answers
+with a signed Full PKI Response and an HTTP status; a failure is a
+``CMCStatusInfoV2`` with its CMCFailInfo AND a 4xx/5xx status (RFC 7030
+§4.3.2).  No HTTP, base64 or media types here: the handler does those.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
@@ -24,15 +24,12 @@ from estkit.ca.ports import StoredCert
 from estkit.ca.revocation import Revocation, reason_name
 from estkit.errors import BadRequest, EstError, FailInfo, Forbidden, InternalError, NotFound, Pending, Unauthorized
 from estkit.protocol import constants as c
-from estkit.protocol.cmc import (FAILED, SUCCESS, CmcError, Control, PKIData, StatusInfo,
+from estkit.protocol.cmc import (FAILED, SUCCESS, CmcError, Control, PKIData, RequestKind, StatusInfo,
                                  ctl_recipient_nonce, ctl_sender_nonce, ctl_status_info_v2, ctl_transaction_id,
-                                 decode_get_cert, decode_identity_proof_v2, decode_pkidata, decode_revoke_request,
-                                 encode_pkiresponse, identity_proof_witness, int_value, octets_value, utf8_value)
-from estkit.protocol.cmc_cms import CmsError, SignedContent, parse_signed, sign_content, verify_signed
-from estkit.protocol.cmc_crmf import parse_crmf
-from estkit.protocol.csr import load_csr
-from estkit.protocol.framing import decode_b64, media_params, media_type
-from estkit.protocol.request import CertRequest, from_crmf, from_pkcs10
+                                 decode_get_cert, decode_identity_proof_v2, decode_revoke_request, encode_pkiresponse,
+                                 identity_proof_witness, utf8_value)
+from estkit.protocol.cmc_cms import CmsError, sign_content, verify_signed
+from estkit.protocol.cmc_request import FullCmcRequest
 
 __all__ = ["CmcService", "CmcOutcome", "KNOWN_CONTROLS"]
 
@@ -50,6 +47,15 @@ class CmcOutcome:
     der: bytes
     retry_after: int | None = None
     statuses: tuple[StatusInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Echo:
+    """What the response returns of the request (RFC 5272 §6.6, §6.6.1): its
+    transactionId, and its senderNonce as recipientNonce."""
+
+    transaction_id: int | None = None
+    sender_nonce: bytes | None = None
 
 
 def _failed(exc: EstError) -> StatusInfo:
@@ -73,62 +79,55 @@ class CmcService:
         # label -> identification ("" when none is sent) -> shared secret (RFC 5272 §6.2)
         self.secrets = dict(shared_secrets or {})
 
-    def fullcmc(self, label: str | None, body: bytes, content_type: str | None, ctx: RequestContext,
+    def fullcmc(self, label: str | None, request: FullCmcRequest, ctx: RequestContext,
                 auth_error: EstError | None = None) -> CmcOutcome:
-        """RFC 7030 §4.3: process one Full PKI Request; never raises for a CMC failure."""
-        profile = self.ca.profile(label)
-        issuing = self.ca.cas[profile.ca]
-        echo: dict[str, object] = {}
+        """RFC 7030 §4.3: process one decoded Full PKI Request; never raises for a CMC failure."""
+        issuing = self.ca.cas[self.ca.profile(label).ca]
+        echo = _Echo(request.transaction_id, request.sender_nonce)
         try:
-            pd, sc = self._decode(body, content_type, echo)
+            self._supported(request)
             if auth_error is not None:
                 raise auth_error
-            signer = self._signer(sc, pd)
-            identity = self._identity(profile.label, pd, signer, ctx)
-            statuses, certs, http, retry = self._process(label, pd, signer, identity, ctx)
+            signer = self._signer(request)
+            identity = self._identity(self.ca.profile(label).label, request.pkidata, signer, ctx)
+            statuses, certs, http, retry = self._process(label, request, signer, identity, ctx)
         except EstError as exc:
             st = _failed(exc)
             return CmcOutcome(_http_status(exc), self._respond(issuing, echo, [st], []), exc.retry_after, (st,))
         return CmcOutcome(http, self._respond(issuing, echo, statuses, certs), retry, tuple(statuses))
 
-    # -- decoding and identity ----------------------------------------------------
+    def failure(self, label: str | None, exc: EstError) -> CmcOutcome:
+        """The signed response to a request that could not be decoded at all
+        (wrong media type, not base64, not a SignedData of a PKIData)."""
+        st = _failed(exc)
+        issuing = self.ca.cas[self.ca.profile(label).ca]
+        return CmcOutcome(_http_status(exc), self._respond(issuing, _Echo(), [st], []), exc.retry_after, (st,))
 
-    def _decode(self, body: bytes, content_type: str | None, echo: dict[str, object]) -> tuple[PKIData, SignedContent]:
-        smime = media_params(content_type).get("smime-type", "").lower()
-        if media_type(content_type) != c.CT_PKCS7 or smime not in ("cmc-request", ""):
-            raise EstError(f"fullcmc takes {c.CT_CMC_REQUEST}", status=415)
-        sc = parse_signed(decode_b64(body, "request body"))
-        if sc.content_type != c.OID_CT_PKIDATA.dotted_string:
-            raise BadRequest(f"the SignedData carries {sc.content_type}, not id-cct-PKIData")
-        pd = decode_pkidata(sc.content)
-        for oid, key, conv in ((c.OID_CMC_TRANSACTION_ID, "tid", int_value), (c.OID_CMC_SENDER_NONCE, "nonce",
-                                                                             octets_value)):
-            ctl = pd.control(oid.dotted_string)
-            if ctl is not None:
-                try:
-                    echo[key] = conv(ctl)
-                except CmcError as exc:
-                    raise exc.in_parts(ctl.body_part_id) from None
+    # -- what is supported, and who signed ------------------------------------------
+
+    @staticmethod
+    def _supported(request: FullCmcRequest) -> None:
+        pd = request.pkidata
         # RFC 5272 §3.2.1.2.1: an unrecognized control fails the whole PKIData.
         for ctl in pd.controls:
             if ctl.oid not in KNOWN_CONTROLS:
                 raise BadRequest(f"unknown control {ctl.oid} in body part {ctl.body_part_id}",
                                  body_parts=(ctl.body_part_id,))
-        for r in pd.requests:
-            if r.kind == "orm":
-                raise BadRequest(f"orm requests are not supported (body part {r.body_part_id})",
-                                 body_parts=(r.body_part_id,))
+        for part in request.requests:
+            if part.kind == RequestKind.ORM:
+                raise BadRequest(f"orm requests are not supported (body part {part.body_part_id})",
+                                 body_parts=(part.body_part_id,))
         if pd.cms_body_parts or pd.other_body_parts:
             raise BadRequest("nested cmsSequence and otherMsgSequence are not supported",
                              body_parts=pd.cms_body_parts + pd.other_body_parts)
         if not pd.requests and not any(x.oid in (c.OID_CMC_REVOKE_REQUEST.dotted_string,
                                                  c.OID_CMC_GET_CERT.dotted_string) for x in pd.controls):
             raise BadRequest("the PKIData asks for nothing (no request, revokeRequest or getCert)")
-        return pd, sc
 
-    def _signer(self, sc: SignedContent, pd: PKIData) -> Identity | None:
+    def _signer(self, request: FullCmcRequest) -> Identity | None:
         """The certificate identity that signed (renewal, RA, revocation), or None
         when the request is signed by the key being certified (RFC 5272 §3.2.1.3.1)."""
+        sc = request.signed
         sid = sc.signer
         cert = next((x for x in sc.certificates if sid is not None and sid.matches(x)), None)
         if cert is not None:
@@ -141,21 +140,12 @@ class CmcService:
             if not verify_signed(sc, cert.public_key()):
                 raise BadRequest("the SignedData signature does not verify", fail_info=FailInfo.BAD_MESSAGE_CHECK)
             return ident
-        for r in pd.requests:
-            key = self._request_key(r.kind, r.der)
-            if key is not None and sid is not None and sid.ski is not None and verify_signed(sc, key):
+        for part in request.requests:
+            if part.request is not None and sid is not None and sid.ski is not None and \
+                    verify_signed(sc, part.request.public_key):
                 return None
         raise BadRequest("the SignedData signature does not verify with the signer's certificate or with the key "
                          "of any request", fail_info=FailInfo.BAD_MESSAGE_CHECK)
-
-    @staticmethod
-    def _request_key(kind: str, der: bytes) -> CertificatePublicKeyTypes | None:
-        try:
-            if kind == "tcr":
-                return load_csr(der).public_key
-            return parse_crmf(der).public_key
-        except BadRequest:
-            return None
 
     def _identity(self, label: str, pd: PKIData, signer: Identity | None, ctx: RequestContext) -> Identity:
         proof = pd.control(c.OID_CMC_IDENTITY_PROOF_V2.dotted_string)
@@ -188,7 +178,7 @@ class CmcService:
 
     # -- requests and controls ------------------------------------------------------
 
-    def _process(self, label: str | None, pd: PKIData, signer: Identity | None, identity: Identity,
+    def _process(self, label: str | None, request: FullCmcRequest, signer: Identity | None, identity: Identity,
                  ctx: RequestContext) -> tuple[list[StatusInfo], list[x509.Certificate], int, int | None]:
         """Every request and action control; the HTTP status is that of the first failure."""
         statuses: list[StatusInfo] = []
@@ -202,15 +192,17 @@ class CmcService:
         # (RFC 5272 §3.2.1.3.1).  An id-kp-cmcRA certificate without a grant is no RA and no renewal:
         # authorization then holds it to its own names.
         renew = signer is not None and not signer.ra_eku
-        for r in pd.requests:
+        for part in request.requests:
             try:
-                certs.append(self._enroll(label, r.kind, r.der, cctx, renew, is_ra))
-                ok.append(r.body_part_id)
+                if part.request is None:
+                    raise part.error or BadRequest("unreadable request")
+                certs.append(self.ca.enroll(Operation.FULLCMC, label, part.request, cctx, renew=renew))
+                ok.append(part.body_part_id)
             except EstError as exc:
-                exc.in_parts(r.body_part_id)
+                exc.in_parts(part.body_part_id)
                 statuses.append(_failed(exc))
                 https.append((_http_status(exc), exc.retry_after))
-        for ctl in pd.controls:
+        for ctl in request.pkidata.controls:
             try:
                 if ctl.oid == c.OID_CMC_REVOKE_REQUEST.dotted_string:
                     self._revoke(ctl, signer, is_ra, ctx)
@@ -226,22 +218,6 @@ class CmcService:
             statuses.insert(0, StatusInfo(SUCCESS, tuple(ok)))
         http, retry = https[0] if https else (200, None)
         return statuses, certs, http, retry
-
-    def _enroll(self, label: str | None, kind: str, der: bytes, ctx: RequestContext, renew: bool,
-                is_ra: bool) -> x509.Certificate:
-        """One tcr (PKCS#10) or crm (CRMF) request, through the CA's fixed sequence."""
-        request: CertRequest
-        if kind == "tcr":
-            request = from_pkcs10(load_csr(der))
-        else:
-            crmf = parse_crmf(der)
-            # RFC 4211 §4: a verified POPOSigningKey, or raVerified from a registration authority.
-            accepted = (crmf.pop == "signature" and crmf.pop_valid) or (crmf.pop == "raVerified" and is_ra)
-            if not accepted:
-                raise BadRequest(f"CRMF proof of possession {crmf.pop} is not acceptable (a valid POPOSigningKey, "
-                                 "or raVerified from an RA)", fail_info=FailInfo.POP_FAILED)
-            request = from_crmf(crmf, der, pop_accepted=True)
-        return self.ca.enroll(Operation.FULLCMC, label, request, ctx, renew=renew)
 
     def _revoke(self, ctl: Control, signer: Identity | None, is_ra: bool, ctx: RequestContext) -> None:
         """RFC 5272 §6.11: by the certificate itself (signing the request) or an RA."""
@@ -279,17 +255,17 @@ class CmcService:
 
     # -- response -------------------------------------------------------------------
 
-    def _respond(self, issuing: IssuingCA, echo: dict[str, object], statuses: list[StatusInfo],
+    def _respond(self, issuing: IssuingCA, echo: _Echo, statuses: list[StatusInfo],
                  certs: list[x509.Certificate]) -> bytes:
         """RFC 5272 §3.2.2 Full PKI Response, signed by the issuing CA; status per
         body part, transactionId echoed, the senderNonce returned as recipientNonce."""
         ctls: list[Control] = [ctl_status_info_v2(i + 1, s) for i, s in enumerate(statuses)]
         n = len(ctls) + 1
-        if "tid" in echo:
-            ctls.append(ctl_transaction_id(n, int(echo["tid"])))  # type: ignore[call-overload]
+        if echo.transaction_id is not None:
+            ctls.append(ctl_transaction_id(n, echo.transaction_id))
             n += 1
-        if "nonce" in echo:
-            ctls.append(ctl_recipient_nonce(n, bytes(echo["nonce"])))  # type: ignore[call-overload]
+        if echo.sender_nonce is not None:
+            ctls.append(ctl_recipient_nonce(n, echo.sender_nonce))
             n += 1
         ctls.append(ctl_sender_nonce(n, os.urandom(16)))
         seen: dict[bytes, x509.Certificate] = {}

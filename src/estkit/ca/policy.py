@@ -33,7 +33,7 @@ from estkit.ca.profile import Profile, eku_oid, key_usage_extension
 from estkit.errors import BadRequest, FailInfo, Forbidden, Unauthorized
 from estkit.protocol import constants as c
 from estkit.protocol.csr import general_names_text
-from estkit.protocol.request import CertRequest
+from estkit.protocol.request import CertRequest, ProofOfPossession
 
 __all__ = ["Operation", "EnrollRequest", "Grant", "RequestValidator", "CheckProofOfPossession", "CheckKeyType",
            "CheckLinking", "CheckReenroll", "CheckSubjectPresent", "REQUEST_VALIDATORS", "shape_certificate",
@@ -90,12 +90,22 @@ def linking_value(tls_unique: bytes) -> bytes:
 
 
 class CheckProofOfPossession:
-    """RFC 7030 §3.4: the CSR's signature (a CRMF POPOSigningKey) is the proof of possession."""
+    """RFC 7030 §3.4: the request's signature (PKCS#10, a CRMF POPOSigningKey) is
+    the proof of possession; CRMF raVerified (RFC 4211 §4.1) counts only when a
+    registration authority sends it (RFC 7030 §3.7).  /serverkeygen ignores it
+    (RFC 7030 §4.4.1: the key is made here)."""
 
     def __call__(self, req: EnrollRequest) -> None:
-        if not req.server_key and not req.request.pop_valid:
-            raise BadRequest("the request's signature does not verify (proof of possession failed)",
+        pop = req.request.pop
+        if req.server_key or pop is ProofOfPossession.VERIFIED:
+            return
+        if pop is ProofOfPossession.RA_VERIFIED:
+            if _is_ra(req.ctx):
+                return
+            raise BadRequest("proof of possession raVerified is accepted only from a registration authority",
                              fail_info=FailInfo.POP_FAILED)
+        raise BadRequest("the request's signature does not verify (proof of possession failed)",
+                         fail_info=FailInfo.POP_FAILED)
 
 
 def check_key_type(key_type: str, allowed: tuple[str, ...], *, source: str = "") -> None:

@@ -16,7 +16,7 @@ from estkit.client.errors import ProtocolError
 from estkit.client.responses import error_from, parse_retry_after, payload_der
 from estkit.errors import BadRequest, error_for_status
 from estkit.protocol import constants as c
-from estkit.protocol.cmc import SUCCESS, TaggedRequest, ctl_revoke_request, fail_name
+from estkit.protocol.cmc import SUCCESS, RequestKind, TaggedRequest, ctl_revoke_request, fail_name
 from estkit.protocol.cmc_client import CmcReply, CmcRequest, build_cmc_request, parse_cmc_response
 from estkit.protocol.cmc_crmf import build_crmf
 from estkit.protocol.framing import encode_b64, media_type
@@ -63,8 +63,8 @@ def _certified(reply: CmcReply, key: CertificateIssuerPrivateKeyTypes) -> x509.C
 def _tagged(spec: CsrSpec, key: CertificateIssuerPrivateKeyTypes, crmf: bool) -> TaggedRequest:
     if crmf:
         subject = spec.subject or x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, spec.cn)] if spec.cn else [])
-        return TaggedRequest(1, "crm", build_crmf(key, cert_req_id=1, subject=subject, dns=spec.dns))
-    return TaggedRequest(1, "tcr", spec.build(key))
+        return TaggedRequest(1, RequestKind.CRM, build_crmf(key, cert_req_id=1, subject=subject, dns=spec.dns))
+    return TaggedRequest(1, RequestKind.TCR, spec.build(key))
 
 
 def cmc_enroll(client: EstClient, *, cn: str | None = None, subject: x509.Name | None = None,

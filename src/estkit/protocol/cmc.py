@@ -15,6 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from cryptography import x509
 from pyasn1.codec.der import decoder, encoder
@@ -27,7 +28,7 @@ from estkit.protocol import constants as c
 
 __all__ = [
     "SUCCESS", "FAILED", "PENDING", "NO_SUPPORT", "FAIL_INFO", "fail_name",
-    "Control", "TaggedRequest", "PKIData", "StatusInfo", "PKIResponse",
+    "Control", "RequestKind", "TaggedRequest", "PKIData", "StatusInfo", "PKIResponse",
     "decode_pkidata", "encode_pkidata", "encode_pkiresponse", "decode_pkiresponse",
     "encode_status_info_v2", "decode_status_info_v2", "identity_proof_witness",
     "ctl_transaction_id", "ctl_sender_nonce", "ctl_recipient_nonce", "ctl_identification",
@@ -60,12 +61,20 @@ class Control:
     values: tuple[bytes, ...]
 
 
+class RequestKind(str, Enum):
+    """RFC 5272 §3.2.1.2.2 TaggedRequest alternatives."""
+
+    TCR = "tcr"  # a PKCS#10 CertificationRequest
+    CRM = "crm"  # a CRMF CertReqMsg (RFC 4211)
+    ORM = "orm"  # another request message (not supported here)
+
+
 @dataclass(frozen=True)
 class TaggedRequest:
     """A request body part: ``tcr`` (DER PKCS#10) or ``crm`` (DER CertReqMsg)."""
 
     body_part_id: int
-    kind: str
+    kind: RequestKind
     der: bytes
 
 
@@ -343,11 +352,11 @@ def encode_req_sequence(requests: Sequence[TaggedRequest]) -> bytes:
     out: list[bytes] = []
     for r in requests:
         tr = rfc6402.TaggedRequest()
-        if r.kind == "tcr":
+        if r.kind == RequestKind.TCR:
             tcr = tr["tcr"]
             tcr["bodyPartID"] = r.body_part_id
             tcr["certificationRequest"] = decoder.decode(r.der, asn1Spec=rfc6402.CertificationRequest())[0]
-        elif r.kind == "crm":
+        elif r.kind == RequestKind.CRM:
             tr["crm"] = _crm_value(r.der)
         else:
             raise ValueError(f"unknown request kind {r.kind}")
@@ -389,13 +398,13 @@ def decode_pkidata(der: bytes) -> PKIData:
     for tr in pd["reqSequence"]:
         name = tr.getName()
         if name == "tcr":
-            reqs.append(TaggedRequest(int(tr["tcr"]["bodyPartID"]), "tcr",
+            reqs.append(TaggedRequest(int(tr["tcr"]["bodyPartID"]), RequestKind.TCR,
                                       encoder.encode(tr["tcr"]["certificationRequest"])))
         elif name == "crm":
             raw = encoder.encode(tr["crm"])
-            reqs.append(TaggedRequest(int(tr["crm"]["certReq"]["certReqId"]), "crm", b"\x30" + raw[1:]))
+            reqs.append(TaggedRequest(int(tr["crm"]["certReq"]["certReqId"]), RequestKind.CRM, b"\x30" + raw[1:]))
         else:
-            reqs.append(TaggedRequest(int(tr["orm"]["bodyPartID"]), "orm", encoder.encode(tr["orm"])))
+            reqs.append(TaggedRequest(int(tr["orm"]["bodyPartID"]), RequestKind.ORM, encoder.encode(tr["orm"])))
     return PKIData(controls=controls, requests=tuple(reqs), req_sequence_der=items[1][2],
                    cms_body_parts=tuple(int(t["bodyPartID"]) for t in pd["cmsSequence"]),
                    other_body_parts=tuple(int(o["bodyPartID"]) for o in pd["otherMsgSequence"]))

@@ -10,6 +10,7 @@ which format a request came in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -18,16 +19,24 @@ from estkit.protocol.cmc_crmf import CrmfRequest
 from estkit.protocol.csr import CsrInfo, csr_fingerprint, request_fingerprint
 from estkit.protocol.keys import key_type_of
 
-__all__ = ["CertRequest", "from_pkcs10", "from_crmf"]
+__all__ = ["CertRequest", "ProofOfPossession", "from_pkcs10", "from_crmf"]
+
+
+class ProofOfPossession(str, Enum):
+    """How a request proves that its sender holds the private key."""
+
+    VERIFIED = "verified"        # a signature with the key, checked (RFC 2986; RFC 4211 §4.1 POPOSigningKey)
+    FAILED = "failed"            # a signature that does not verify, or no usable proof
+    RA_VERIFIED = "raVerified"   # RFC 4211 §4.1: an RA vouches for it (acceptable from an RA only)
 
 
 @dataclass(frozen=True)
 class CertRequest:
     """What a client asks to be certified, as the CA's policy steps see it.
 
-    ``pop_valid`` says whether the proof of possession verified (RFC 7030 §3.4:
-    the PKCS#10 signature; RFC 4211 §4: the CRMF POPOSigningKey, or raVerified
-    accepted from an RA).  ``fingerprint`` names the request's bytes in logs
+    ``pop`` is the proof of possession as the request carries it (RFC 7030
+    §3.4: the PKCS#10 signature; RFC 4211 §4: the CRMF POPOSigningKey or
+    raVerified); whether it is enough is the CA's rule.  ``fingerprint`` names the request's bytes in logs
     and the store; ``request_fingerprint`` names what is asked for (public key,
     subject, requested extensions), which stays the same when a client re-signs
     a linked request on a new connection (RFC 7030 §3.5, §4.2.3)."""
@@ -36,7 +45,7 @@ class CertRequest:
     san: x509.SubjectAlternativeName | None
     public_key: CertificatePublicKeyTypes
     key_type: str
-    pop_valid: bool
+    pop: ProofOfPossession
     challenge_password: bytes | None
     der: bytes
     fingerprint: str
@@ -52,17 +61,18 @@ class CertRequest:
 def from_pkcs10(info: CsrInfo) -> CertRequest:
     """The request of a parsed PKCS#10 (its signature is its proof of possession)."""
     return CertRequest(subject=info.subject, san=info.san, public_key=info.public_key, key_type=info.key_type,
-                       pop_valid=info.signature_valid, challenge_password=info.challenge_password, der=info.der,
+                       pop=ProofOfPossession.VERIFIED if info.signature_valid else ProofOfPossession.FAILED,
+                       challenge_password=info.challenge_password, der=info.der,
                        fingerprint=info.fingerprint, request_fingerprint=info.request_fingerprint, pkcs10=info.csr)
 
 
-def from_crmf(crmf: CrmfRequest, der: bytes, *, pop_accepted: bool) -> CertRequest:
-    """The request of a CRMF CertReqMsg; ``pop_accepted`` is the CMC service's
-    verdict on its proof of possession (a verified POPOSigningKey, or
-    raVerified from a registration authority, RFC 4211 §4.1)."""
+def from_crmf(crmf: CrmfRequest, der: bytes) -> CertRequest:
+    """The request of a CRMF CertReqMsg (a ``crm`` of full CMC)."""
+    pop = (ProofOfPossession.VERIFIED if crmf.pop == "signature" and crmf.pop_valid else
+           ProofOfPossession.RA_VERIFIED if crmf.pop == "raVerified" else ProofOfPossession.FAILED)
     exts = [(x509.SubjectAlternativeName.oid, crmf.san)] if crmf.san is not None else []
     return CertRequest(subject=crmf.subject, san=crmf.san, public_key=crmf.public_key,
-                       key_type=key_type_of(crmf.public_key), pop_valid=pop_accepted, challenge_password=None,
+                       key_type=key_type_of(crmf.public_key), pop=pop, challenge_password=None,
                        der=der, fingerprint=csr_fingerprint(der),
                        request_fingerprint=request_fingerprint(crmf.public_key, crmf.subject, exts))
 

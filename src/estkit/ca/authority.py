@@ -99,6 +99,23 @@ class CertificateAuthority:
             raise NotFound(f"unknown CA label {label!r}")
         return p
 
+    def issuing_ca(self, label: str | None) -> IssuingCA:
+        """The CA that issues for a label (its signer, certificate and chain)."""
+        return self.cas[self.profile(label).ca]
+
+    def ca_named(self, subject_der: bytes) -> IssuingCA | None:
+        """The issuing CA whose subject has this DER, None when it is not one of ours."""
+        return next((ca for ca in self.cas.values() if ca.cert.subject.public_bytes() == subject_der), None)
+
+    def issued_certificate(self, serial: int) -> x509.Certificate | None:
+        """A certificate this CA issued, by serial (RFC 5272 §6.9 getCert)."""
+        stored = self.store.get_certificate(serial)
+        return x509.load_der_x509_certificate(stored.der) if stored is not None else None
+
+    def authorize_revocation(self, ra: Identity, ctx: RequestContext, label: str, cert: x509.Certificate) -> None:
+        """An RA revokes only what its policy would let it request (``Authorize.authorize_revocation``)."""
+        self.authorize.authorize_revocation(ra, ctx, label, cert)
+
     def trust_anchors(self) -> list[x509.Certificate]:
         """Every CA certificate of ours (what TLS client authentication trusts)."""
         seen: dict[bytes, x509.Certificate] = {}

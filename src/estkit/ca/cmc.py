@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.authority import IssuingCA
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
 from estkit.ca.policy import Operation
 from estkit.ca.ports import StoredCert
-from estkit.ca.revocation import Revocation, reason_name
+from estkit.ca.profile import Profile
+from estkit.ca.revocation import reason_name
 from estkit.errors import BadRequest, EstError, FailInfo, Forbidden, InternalError, NotFound, Pending, Unauthorized
 from estkit.protocol import constants as c
 from estkit.protocol.cmc import (FAILED, SUCCESS, CmcError, Control, PKIData, RequestKind, StatusInfo,
@@ -30,8 +32,9 @@ from estkit.protocol.cmc import (FAILED, SUCCESS, CmcError, Control, PKIData, Re
                                  identity_proof_witness, utf8_value)
 from estkit.protocol.cmc_cms import CmsError, sign_content, verify_signed
 from estkit.protocol.cmc_request import FullCmcRequest
+from estkit.protocol.request import CertRequest
 
-__all__ = ["CmcService", "CmcOutcome", "KNOWN_CONTROLS"]
+__all__ = ["CmcService", "CmcOutcome", "CmcAuthority", "Revoker", "KNOWN_CONTROLS"]
 
 O = c  # short alias for the OIDs below
 KNOWN_CONTROLS = frozenset(o.dotted_string for o in (
@@ -69,10 +72,36 @@ def _http_status(exc: EstError) -> int:
     return 503 if isinstance(exc, Pending) else exc.status
 
 
+class CmcAuthority(Protocol):
+    """What full CMC needs of the CA (declared here, where it is consumed)."""
+
+    def profile(self, label: str | None) -> Profile: ...
+
+    def issuing_ca(self, label: str | None) -> IssuingCA: ...
+
+    def ca_named(self, subject_der: bytes) -> IssuingCA | None: ...
+
+    def identify_certificate(self, der: bytes) -> Identity: ...
+
+    def enroll(self, operation: Operation, label: str | None, request: CertRequest, ctx: RequestContext, *,
+               renew: bool = False) -> x509.Certificate: ...
+
+    def issued_certificate(self, serial: int) -> x509.Certificate | None: ...
+
+    def authorize_revocation(self, ra: Identity, ctx: RequestContext, label: str, cert: x509.Certificate) -> None: ...
+
+
+class Revoker(Protocol):
+    """Revocation as full CMC asks for it (``estkit.ca.revocation.Revocation``)."""
+
+    def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-", issuer: x509.Name | None = None,
+               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> StoredCert: ...
+
+
 class CmcService:
     """/fullcmc: enrollment (tcr, crm), renewal, revokeRequest, getCert."""
 
-    def __init__(self, ca: CertificateAuthority, revocation: Revocation,
+    def __init__(self, ca: CmcAuthority, revocation: Revoker,
                  shared_secrets: Mapping[str, Mapping[str, bytes]] | None = None) -> None:
         self.ca = ca
         self.revocation = revocation
@@ -82,7 +111,7 @@ class CmcService:
     def fullcmc(self, label: str | None, request: FullCmcRequest, ctx: RequestContext,
                 auth_error: EstError | None = None) -> CmcOutcome:
         """RFC 7030 §4.3: process one decoded Full PKI Request; never raises for a CMC failure."""
-        issuing = self.ca.cas[self.ca.profile(label).ca]
+        issuing = self.ca.issuing_ca(label)
         echo = _Echo(request.transaction_id, request.sender_nonce)
         try:
             self._supported(request)
@@ -100,7 +129,7 @@ class CmcService:
         """The signed response to a request that could not be decoded at all
         (wrong media type, not base64, not a SignedData of a PKIData)."""
         st = _failed(exc)
-        issuing = self.ca.cas[self.ca.profile(label).ca]
+        issuing = self.ca.issuing_ca(label)
         return CmcOutcome(_http_status(exc), self._respond(issuing, _Echo(), [st], []), exc.retry_after, (st,))
 
     # -- what is supported, and who signed ------------------------------------------
@@ -227,28 +256,27 @@ class CmcService:
             signer.certificate.serial_number == serial and signer.certificate.issuer.public_bytes() == issuer_der
         if not (own or is_ra):
             raise Forbidden("revokeRequest must be signed by the certificate being revoked or come from an RA")
-        issuer = next((ca.cert.subject for ca in self.ca.cas.values()
-                       if ca.cert.subject.public_bytes() == issuer_der), None)
-        if issuer is None:
+        named = self.ca.ca_named(issuer_der)
+        if named is None:
             raise NotFound("revokeRequest names an issuer that is not this CA", fail_info=FailInfo.BAD_CERT_ID)
         who = str(signer) if signer is not None else str(ctx.identity)
         check = None
         ra = signer if signer is not None and signer.is_ra else ctx.client_cert
         if not own and ra is not None:  # an RA revokes only within its own policy, as it enrolls (RFC 7030 §3.7)
-            authorize = self.ca.authorize
+            ca = self.ca
 
             def check(stored: StoredCert, cert: x509.Certificate) -> None:
-                authorize.authorize_revocation(ra, ctx, stored.label, cert)
+                ca.authorize_revocation(ra, ctx, stored.label, cert)
         try:
-            self.revocation.revoke(serial, reason_text, identity=who, peer=ctx.peer, issuer=issuer, authorize=check)
+            self.revocation.revoke(serial, reason_text, identity=who, peer=ctx.peer, issuer=named.cert.subject,
+                                   authorize=check)
         except NotFound as exc:
             raise NotFound(exc.reason, fail_info=FailInfo.BAD_CERT_ID) from None
 
     def _get_cert(self, ctl: Control) -> x509.Certificate:
         """RFC 5272 §6.9: a certificate this CA issued, by issuer and serial."""
         issuer_der, serial = decode_get_cert(ctl)
-        stored = self.ca.store.get_certificate(serial)
-        cert = x509.load_der_x509_certificate(stored.der) if stored is not None else None
+        cert = self.ca.issued_certificate(serial)
         if cert is None or (issuer_der is not None and cert.issuer.public_bytes() != issuer_der):
             raise NotFound(f"no certificate with serial {serial:x} from that issuer", fail_info=FailInfo.BAD_CERT_ID)
         return cert

@@ -8,21 +8,24 @@ process only until the response is encoded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from estkit.ca.authority import CertificateAuthority
+from estkit.ca.authority import IssuingCA
 from estkit.ca.identity import RequestContext
 from estkit.ca.policy import Operation, check_key_type
+from estkit.ca.profile import Profile
 from estkit.errors import BadRequest, NotFound
 from estkit.protocol.cmc_cms import key_identifiers
 from estkit.protocol.csr import load_csr
-from estkit.protocol.request import from_pkcs10
+from estkit.protocol.request import CertRequest, from_pkcs10
 from estkit.protocol.envelope import SUPPORTED_RECIPIENTS, decrypt_key_ids, envelope_supported, wrap_server_key
 from estkit.protocol.keys import KEY_TYPES, generate_key
 
-__all__ = ["ServerKeyGen", "GeneratedKey"]
+__all__ = ["ServerKeyGen", "GeneratedKey", "KeyGenAuthority"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,23 @@ class GeneratedKey:
         return f"GeneratedKey({self.certificate.serial_number:x}, encrypted={self.encrypted})"
 
 
-class ServerKeyGen:
-    """/serverkeygen on top of a CertificateAuthority."""
+class KeyGenAuthority(Protocol):
+    """What server-side key generation needs of the CA: the label's profile,
+    the one enrollment sequence, and the issuing CA that signs the key's
+    envelope."""
 
-    def __init__(self, ca: CertificateAuthority) -> None:
+    def profile(self, label: str | None) -> Profile: ...
+
+    def enroll(self, operation: Operation, label: str | None, request: CertRequest, ctx: RequestContext, *,
+               renew: bool = False, public_key: CertificatePublicKeyTypes | None = None) -> x509.Certificate: ...
+
+    def issuing_ca(self, label: str | None) -> IssuingCA: ...
+
+
+class ServerKeyGen:
+    """/serverkeygen on top of the CA."""
+
+    def __init__(self, ca: KeyGenAuthority) -> None:
         self.ca = ca
 
     def serverkeygen(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> GeneratedKey:
@@ -67,7 +83,7 @@ class ServerKeyGen:
         del key
         if recipient is None:
             return GeneratedKey(cert, der, False)
-        issuing = self.ca.cas[profile.ca]
+        issuing = self.ca.issuing_ca(label)
         wrapped = wrap_server_key(der, recipient, sign=issuing.signer.sign_data, signer_cert=issuing.cert)
         return GeneratedKey(cert, wrapped, True)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import fresh_database
 
-from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, UserRecord
+from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, PendingStatus, UserRecord
 from estkit.store import SqlStore, open_store
 from estkit.store.driverinsert import DriverInsert
 from estkit.store.models import Audit
@@ -85,9 +85,9 @@ def test_ok_pending_dedup(store: SqlStore) -> None:
     now = datetime.now(UTC)
     a = store.add_pending("user:a", "default", "simpleenroll", "f" * 64, b"csr", now)
     b = store.add_pending("user:a", "default", "simpleenroll", "f" * 64, b"csr", now)
-    assert a.id == b.id and len(store.list_pending("pending")) == 1
-    assert store.decide_pending(a.id, "approved", "ok", now, expected="pending")
-    assert not store.decide_pending(a.id, "rejected", "late", now, expected="pending")
+    assert a.id == b.id and len(store.list_pending(PendingStatus.PENDING)) == 1
+    assert store.decide_pending(a.id, PendingStatus.APPROVED, "ok", now, expected=PendingStatus.PENDING)
+    assert not store.decide_pending(a.id, PendingStatus.REJECTED, "late", now, expected=PendingStatus.PENDING)
 
 
 def test_ok_pending_found_by_request_key(store: SqlStore) -> None:
@@ -172,5 +172,27 @@ def test_ok_upgrade_records_the_enrollee_of_earlier_certificates(db: str, tmp_pa
         assert got == {"1a": "user:alice", "2b": "", "3c": "", "4d": ""}
         s.record_issued(replace(_cert(7), enrollee="user:bob"))
         assert s.get_certificate(7).enrollee == "user:bob"  # type: ignore[union-attr]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_ok_rate_window_follows_the_injected_clock(db: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """One clock for the CA and the store: a fake clock moves the recorded time and the rate window."""
+    from estkit.ca.ports import GuardFailed, IssueGuard
+
+    t = [datetime(2030, 1, 1, tzinfo=UTC)]
+    url = f"sqlite:///{tmp_path}/estkit.db" if db == "sqlite" else fresh_database(request.getfixturevalue("pg_url"))
+    s = open_store(url, clock=lambda: t[0])
+    guard = IssueGuard(rate_count=2, rate_seconds=3600, policy="p")
+    try:
+        s.record_issued(_cert(1), guard=guard)
+        s.record_issued(_cert(2), guard=guard)
+        with pytest.raises(GuardFailed):
+            s.record_issued(_cert(3), guard=guard)
+        assert s.get_certificate(1).issued_at == t[0]  # type: ignore[union-attr]
+        t[0] += timedelta(hours=1, seconds=1)  # the window has passed on the store's clock, not on the wall's
+        s.record_issued(_cert(3), guard=guard)
+        assert s.get_certificate(3).issued_at == t[0]  # type: ignore[union-attr]
     finally:
         s.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -21,8 +21,8 @@ from estkit.ca.identity import Enrollee, Identity, IdentityKind, RequestContext
 from estkit.ca.passwords import VerifyCache
 from estkit.ca.policy import (REQUEST_VALIDATORS, EnrollRequest, Grant, Operation, RequestValidator, check_result,
                               shape_certificate)
-from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, PendingRequest, Store, StoreError,
-                             UserRecord)
+from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, PendingRequest, PendingStatus, Store,
+                             StoreError, UserRecord, utc_now)
 from estkit.ca.profile import Profile
 from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.signer import Signer
@@ -68,7 +68,7 @@ class CertificateAuthority:
     def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
                  default_label: str, authorize: Authorize | None = None,
                  validators: Sequence[RequestValidator] = REQUEST_VALIDATORS,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         for p in profiles.values():
             if p.ca not in cas:
                 raise ValueError(f"label {p.label!r} names unknown CA {p.ca!r}")
@@ -232,32 +232,35 @@ class CertificateAuthority:
         p, ctx, fp = req.profile, req.ctx, req.request.fingerprint
         who, rkey = str(ctx.identity), req.request.request_fingerprint
         pend = self.store.find_pending(who, p.label, fp, rkey)
-        if pend is not None and pend.status == "pending" and \
+        if pend is not None and pend.status == PendingStatus.PENDING and \
                 pend.created_at + timedelta(hours=p.pending_expiry_hours) <= req.now:
-            self.store.decide_pending(pend.id, "expired", "not decided in time", req.now, expected="pending")
+            self.store.decide_pending(pend.id, PendingStatus.EXPIRED, "not decided in time", req.now,
+                                      expected=PendingStatus.PENDING)
             pend = self.store.get_pending(pend.id)
-        if pend is None or pend.status == "expired":
+        if pend is None or pend.status == PendingStatus.EXPIRED:
             pend = self.store.add_pending(who, p.label, req.operation.value, fp, req.request.der, req.now, rkey)
             self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
                                            csr_fingerprint=fp, detail=f"{req.operation.value}: request {pend.id}"))
-        if pend.status == "pending":
+        if pend.status == PendingStatus.PENDING:
             raise Pending(f"request {pend.id} is waiting for approval", retry_after=p.pending_retry_after)
-        if pend.status == "rejected":
+        if pend.status == PendingStatus.REJECTED:
             raise Forbidden(f"request {pend.id} was rejected: {pend.reason or 'no reason given'}")
-        if pend.status == "issued" and pend.serial is not None:
+        if pend.status == PendingStatus.ISSUED and pend.serial is not None:
             stored = self.store.get_certificate(pend.serial)
             if stored is not None:  # the answer to an earlier retry was lost: send it again
                 return x509.load_der_x509_certificate(stored.der)
         # Claim the approved request so concurrent retries issue one certificate.
-        if not self.store.decide_pending(pend.id, "issuing", pend.reason, req.now, expected="approved"):
+        if not self.store.decide_pending(pend.id, PendingStatus.ISSUING, pend.reason, req.now,
+                                        expected=PendingStatus.APPROVED):
             raise Pending(f"request {pend.id} is being issued", retry_after=1)
         try:
             cert = self._issue(req, key, grant)
         except EstError:
-            self.store.decide_pending(pend.id, "approved", pend.reason, req.now, expected="issuing")
+            self.store.decide_pending(pend.id, PendingStatus.APPROVED, pend.reason, req.now,
+                                    expected=PendingStatus.ISSUING)
             raise
-        self.store.decide_pending(pend.id, "issued", pend.reason, self.clock(), serial=cert.serial_number,
-                                  expected="issuing")
+        self.store.decide_pending(pend.id, PendingStatus.ISSUED, pend.reason, self.clock(), serial=cert.serial_number,
+                                  expected=PendingStatus.ISSUING)
         return cert
 
     def decide_request(self, request_id: int, approve: bool, *, operator: str, reason: str = "") -> PendingRequest:
@@ -265,10 +268,10 @@ class CertificateAuthority:
         pend = self.store.get_pending(request_id)
         if pend is None:
             raise NotFound(f"no request {request_id}")
-        if pend.status != "pending":
+        if pend.status != PendingStatus.PENDING:
             raise BadRequest(f"request {request_id} is {pend.status}, not pending")
-        status = "approved" if approve else "rejected"
-        if not self.store.decide_pending(request_id, status, reason, self.clock(), expected="pending"):
+        status = PendingStatus.APPROVED if approve else PendingStatus.REJECTED
+        if not self.store.decide_pending(request_id, status, reason, self.clock(), expected=PendingStatus.PENDING):
             raise BadRequest(f"request {request_id} was decided meanwhile")
         self._audit_quietly(AuditEvent(event=status, identity=f"operator:{operator}", peer="-", label=pend.label,
                                        csr_fingerprint=pend.csr_fingerprint,

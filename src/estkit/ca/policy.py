@@ -21,7 +21,7 @@ import base64
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from typing import Protocol
 
@@ -42,7 +42,7 @@ __all__ = ["Operation", "EnrollRequest", "Grant", "RequestValidator", "CheckProo
 MIN_RSA_BITS = 2048
 
 
-class Operation(str, Enum):
+class Operation(StrEnum):
     """The EST operations that issue a certificate (RFC 7030 §4.2-4.4)."""
 
     SIMPLEENROLL = c.OP_SIMPLEENROLL

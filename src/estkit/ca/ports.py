@@ -6,12 +6,20 @@ The CA never imports SQL: it talks to these protocols only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Protocol
 
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
            "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
-           "IssueGuard", "GuardFailed", "Claim"]
+           "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The system clock in UTC.  The CA and the store take a clock; wire the
+    same one into both (estkit.cli.wiring), so a fake clock in a test moves
+    expiry, rate windows and recorded times together."""
+    return datetime.now(UTC)
 
 
 class StoreError(Exception):
@@ -134,6 +142,17 @@ class AuditEvent:
     id: int | None = None
 
 
+class PendingStatus(StrEnum):
+    """Where a request held for manual approval (RFC 7030 §4.2.3) stands."""
+
+    PENDING = "pending"      # waiting for an operator
+    APPROVED = "approved"    # the next retry issues it
+    REJECTED = "rejected"    # every retry gets 403 with the operator's reason
+    ISSUING = "issuing"      # a retry claimed it and is issuing (concurrent retries wait)
+    ISSUED = "issued"        # a retry gets the same certificate again
+    EXPIRED = "expired"      # not decided in time; the next retry opens a new request
+
+
 @dataclass(frozen=True)
 class PendingRequest:
     """An enrollment waiting for an operator (RFC 7030 §4.2.3)."""
@@ -144,7 +163,7 @@ class PendingRequest:
     operation: str
     csr_fingerprint: str
     csr_der: bytes
-    status: str  # pending | approved | rejected | issued | expired
+    status: PendingStatus
     created_at: datetime
     decided_at: datetime | None = None
     reason: str = ""
@@ -252,11 +271,11 @@ class PendingStore(Protocol):
     def get_pending(self, id: int) -> PendingRequest | None:
         """By id."""
 
-    def list_pending(self, status: str | None = None) -> list[PendingRequest]:
+    def list_pending(self, status: PendingStatus | None = None) -> list[PendingRequest]:
         """All, or those in one status."""
 
-    def decide_pending(self, id: int, status: str, reason: str, at: datetime,
-                       serial: int | None = None, expected: str | None = None) -> bool:
+    def decide_pending(self, id: int, status: PendingStatus, reason: str, at: datetime,
+                       serial: int | None = None, expected: PendingStatus | None = None) -> bool:
         """Set a request's status (only if it is ``expected`` when given)."""
 
 

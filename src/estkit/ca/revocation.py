@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -48,11 +48,11 @@ class Revocation:
 
     def __init__(self, ca: CertificateAuthority, *, validity: timedelta = timedelta(days=1),
                  refresh_before: timedelta = timedelta(hours=8),
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.ca = ca
         self.validity = validity
         self.refresh_before = refresh_before
-        self.clock = clock
+        self.clock = clock if clock is not None else ca.clock  # the CA's clock: one clock everywhere
 
     def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-",
                issuer: x509.Name | None = None,

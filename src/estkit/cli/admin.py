@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from estkit.ca.authority import CertificateAuthority
-
+from estkit.ca.ports import PendingStatus
 from estkit.errors import EstError
 
 __all__ = ["register"]
@@ -35,12 +35,12 @@ def requests() -> None:
 
 @requests.command("list")
 @_dir
-@click.option("--status", default="pending", show_default=True,
-              help="pending, approved, rejected, issued, expired or all.")
+@click.option("--status", default=PendingStatus.PENDING.value, show_default=True,
+              type=click.Choice([*(s.value for s in PendingStatus), "all"]), help="Which requests to list.")
 def list_requests(directory: str | None, status: str) -> None:
     """List requests (ID, status, label, identity, created, CSR fingerprint)."""
     store = _ca(directory).store
-    for r in store.list_pending(None if status == "all" else status):
+    for r in store.list_pending(None if status == "all" else PendingStatus(status)):
         click.echo(f"{r.id}\t{r.status}\t{r.label}\t{r.identity}\t{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t"
                    f"{r.csr_fingerprint[:16]}")
 

@@ -10,6 +10,7 @@ from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
+from estkit.ca.ports import utc_now
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
@@ -45,7 +46,7 @@ def passphrase_for(ca: CaConfig) -> bytes | None:
 
 def build_store(config: Config) -> SqlStore:
     """The store named by the config, migrated to the newest schema."""
-    return open_store(config.store_url)
+    return open_store(config.store_url, clock=utc_now)
 
 
 def build_authority(config: Config, store: SqlStore | None = None) -> CertificateAuthority:
@@ -65,7 +66,7 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
                               extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
                                 default_label=config.server.default_label,
-                                authorize=Authorize(config.policies))
+                                authorize=Authorize(config.policies), clock=utc_now)
 
 
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:

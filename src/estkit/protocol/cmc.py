@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from cryptography import x509
 from pyasn1.codec.der import decoder, encoder
@@ -61,7 +61,7 @@ class Control:
     values: tuple[bytes, ...]
 
 
-class RequestKind(str, Enum):
+class RequestKind(StrEnum):
     """RFC 5272 §3.2.1.2.2 TaggedRequest alternatives."""
 
     TCR = "tcr"  # a PKCS#10 CertificationRequest

@@ -10,7 +10,7 @@ which format a request came in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -22,7 +22,7 @@ from estkit.protocol.keys import key_type_of
 __all__ = ["CertRequest", "ProofOfPossession", "from_pkcs10", "from_crmf"]
 
 
-class ProofOfPossession(str, Enum):
+class ProofOfPossession(StrEnum):
     """How a request proves that its sender holds the private key."""
 
     VERIFIED = "verified"        # a signature with the key, checked (RFC 2986; RFC 4211 §4.1 POPOSigningKey)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
-                             PendingRequest, StoredCert, StoreError, UserRecord)
+                             PendingRequest, PendingStatus, StoredCert, StoreError, UserRecord, utc_now)
 from estkit.store.driverinsert import DriverInsert
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
@@ -105,11 +105,13 @@ def _sqlite_lock(url: str) -> WriteLock | None:
     return WriteLock(Path(path + "-lock"))
 
 
-def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
-    """A store on ``url``; with ``upgrade`` the schema is migrated first."""
+def open_store(url: str, *, upgrade: bool = True, clock: Callable[[], datetime] = utc_now) -> SqlStore:
+    """A store on ``url``; with ``upgrade`` the schema is migrated first.
+    ``clock`` stamps what it records and places rate windows: give it the CA's
+    clock, so that a fake one moves both."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(_make_engine(url), write_lock=_sqlite_lock(url))
+    store = SqlStore(_make_engine(url), write_lock=_sqlite_lock(url), clock=clock)
     if upgrade:
         try:
             migrate(store.engine)
@@ -121,8 +123,10 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
 class SqlStore:
     """Implements ``estkit.ca.ports.Store``."""
 
-    def __init__(self, engine: Engine, write_lock: WriteLock | None = None) -> None:
+    def __init__(self, engine: Engine, write_lock: WriteLock | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.engine = engine
+        self.clock = clock
         self._pid = os.getpid()
         self._write_lock = write_lock
         self._insert_cert = DriverInsert(_CERTS, _CERT_COLUMNS, engine.dialect)
@@ -153,7 +157,7 @@ class SqlStore:
 
     def record_issued(self, cert: IssuedCert, audit: AuditEvent | None = None,
                       guard: IssueGuard | None = None) -> None:
-        now = datetime.now(UTC)
+        now = self.clock()
         row = dict(serial=_hex(cert.serial), ca=cert.ca, label=cert.label, subject=cert.subject,
                    sans=json.dumps(list(cert.sans)), not_before=cert.not_before, not_after=cert.not_after,
                    requester=cert.requester, key_type=cert.key_type, csr_fingerprint=cert.csr_fingerprint,
@@ -297,15 +301,13 @@ class SqlStore:
         with self._tx(write=True) as conn:
             self._audit(conn, event)
 
-    @staticmethod
-    def _audit_row(event: AuditEvent) -> dict[str, Any]:
-        return dict(at=event.at or datetime.now(UTC), event=event.event, identity=event.identity[:255],
+    def _audit_row(self, event: AuditEvent) -> dict[str, Any]:
+        return dict(at=event.at or self.clock(), event=event.event, identity=event.identity[:255],
                     peer=event.peer[:64], label=event.label, csr_fingerprint=event.csr_fingerprint,
                     serial=_hex(event.serial) if event.serial is not None else None, detail=event.detail)
 
-    @classmethod
-    def _audit(cls, conn: Connection, event: AuditEvent) -> None:
-        conn.execute(_INSERT_AUDIT, cls._audit_row(event))
+    def _audit(self, conn: Connection, event: AuditEvent) -> None:
+        conn.execute(_INSERT_AUDIT, self._audit_row(event))
 
     def list_audit(self, *, limit: int = 100, event: str | None = None, identity: str | None = None,
                    label: str | None = None, since: datetime | None = None,
@@ -345,7 +347,7 @@ class SqlStore:
     @staticmethod
     def _pending(r: Any) -> PendingRequest:
         return PendingRequest(id=r.id, identity=r.identity, label=r.label, operation=r.operation,
-                              csr_fingerprint=r.csr_fingerprint, csr_der=r.csr_der, status=r.status,
+                              csr_fingerprint=r.csr_fingerprint, csr_der=r.csr_der, status=PendingStatus(r.status),
                               created_at=_utc(r.created_at), decided_at=_utc(r.decided_at),  # type: ignore[arg-type]
                               reason=r.reason, serial=int(r.serial, 16) if r.serial else None,
                               request_key=r.request_key)
@@ -362,11 +364,11 @@ class SqlStore:
                     csr_der: bytes, at: datetime, request_key: str | None = None) -> PendingRequest:
         where = self._same_request(identity, label, fingerprint, request_key)
         with self._tx(write=True) as conn:
-            row = conn.execute(select(_PENDING).where(where, _PENDING.c.status == "pending")).first()
+            row = conn.execute(select(_PENDING).where(where, _PENDING.c.status == PendingStatus.PENDING.value)).first()
             if row is None:
                 conn.execute(insert(_PENDING).values(
                     identity=identity, label=label, operation=operation, csr_fingerprint=fingerprint,
-                    csr_der=csr_der, status="pending", created_at=at, reason="", request_key=request_key))
+                    csr_der=csr_der, status=PendingStatus.PENDING.value, created_at=at, reason="", request_key=request_key))
                 row = conn.execute(select(_PENDING).where(where).order_by(_PENDING.c.id.desc())).first()
         return self._pending(row)
 
@@ -382,21 +384,21 @@ class SqlStore:
             row = conn.execute(select(_PENDING).where(_PENDING.c.id == id)).first()
         return self._pending(row) if row else None
 
-    def list_pending(self, status: str | None = None) -> list[PendingRequest]:
+    def list_pending(self, status: PendingStatus | None = None) -> list[PendingRequest]:
         q = select(_PENDING).order_by(_PENDING.c.id)
         if status:
-            q = q.where(_PENDING.c.status == status)
+            q = q.where(_PENDING.c.status == status.value)
         with self._tx() as conn:
             rows = conn.execute(q).all()
         return [self._pending(r) for r in rows]
 
-    def decide_pending(self, id: int, status: str, reason: str, at: datetime,
-                       serial: int | None = None, expected: str | None = None) -> bool:
+    def decide_pending(self, id: int, status: PendingStatus, reason: str, at: datetime,
+                       serial: int | None = None, expected: PendingStatus | None = None) -> bool:
         q = update(_PENDING).where(_PENDING.c.id == id)
         if expected is not None:
-            q = q.where(_PENDING.c.status == expected)
+            q = q.where(_PENDING.c.status == expected.value)
         with self._tx(write=True) as conn:
-            res = conn.execute(q.values(status=status, reason=reason, decided_at=at,
+            res = conn.execute(q.values(status=status.value, reason=reason, decided_at=at,
                                         serial=_hex(serial) if serial is not None else None))
             return res.rowcount == 1
 

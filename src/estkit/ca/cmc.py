@@ -95,7 +95,7 @@ class Revoker(Protocol):
     """Revocation as full CMC asks for it (``estkit.ca.revocation.Revocation``)."""
 
     def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-", issuer: x509.Name | None = None,
-               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> StoredCert: ...
+               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> object: ...
 
 
 class CmcService:

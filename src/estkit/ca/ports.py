@@ -201,6 +201,10 @@ class CertStore(Protocol):
     def revoke(self, serial: int, reason: str, at: datetime) -> StoredCert | None:
         """Mark revoked (first revocation wins); None if there is no such serial."""
 
+    def change_revocation(self, serial: int, *, expected_reason: str, reason: str | None) -> StoredCert | None:
+        """Compare-and-set a revoked certificate's reason (the revocation time stays);
+        ``reason`` None makes it valid again.  None when its reason was not ``expected_reason``."""
+
     def list_revoked(self, ca: str) -> list[StoredCert]:
         """Every revoked certificate of one CA (for its CRL)."""
 

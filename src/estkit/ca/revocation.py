@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -20,7 +21,7 @@ from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.ports import AuditEvent, CrlRecord, StoredCert, StoreError
 from estkit.errors import BadRequest, EstError, InternalError, NotFound
 
-__all__ = ["REASONS", "Revocation", "reason_name"]
+__all__ = ["REASONS", "Revocation", "Revoked", "reason_name", "HOLD"]
 
 log = logging.getLogger("estkit.ca")
 
@@ -29,6 +30,17 @@ REASONS: dict[str, x509.ReasonFlags] = {f.value: f for f in x509.ReasonFlags}
 _BY_CODE = {0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
             5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn",
             10: "aACompromise"}
+
+
+HOLD = "certificateHold"  # RFC 5280 §5.3.1: the one reason that is not final
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A revocation's outcome: the certificate as stored now, and whether this call changed it."""
+
+    cert: StoredCert
+    changed: bool
 
 
 def reason_name(value: str | int) -> str:
@@ -56,10 +68,13 @@ class Revocation:
 
     def revoke(self, serial: int, reason: str, *, identity: str, peer: str = "-",
                issuer: x509.Name | None = None,
-               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> StoredCert:
+               authorize: Callable[[StoredCert, x509.Certificate], None] | None = None) -> Revoked:
         """Mark a certificate revoked and publish a new CRL.  NotFound for an
-        unknown serial (or one of another issuer); revoking twice keeps the first.
-        ``authorize`` sees the certificate first and may refuse (raise)."""
+        unknown serial (or one of another issuer).  A revoked certificate stays
+        as it is (no new CRL, no audit row: ``changed`` is False), except that a
+        certificateHold becomes final when revoked with another reason
+        (RFC 5280 §5.3.1).  ``authorize`` sees the certificate first and may
+        refuse (raise)."""
         name = reason_name(reason)
         stored = self.ca.store.get_certificate(serial)
         if stored is None:
@@ -74,11 +89,40 @@ class Revocation:
                 self._audit(AuditEvent(event="refused", identity=identity, peer=peer, label=stored.label,
                                        serial=serial, detail=f"revoke: {exc.status} {exc.reason}"))
                 raise
-        result = self.ca.store.revoke(serial, name, self.clock())
+        if stored.revoked:
+            if stored.revocation_reason != HOLD or name == HOLD:
+                return Revoked(stored, changed=False)
+            result = self.ca.store.change_revocation(serial, expected_reason=HOLD, reason=name)
+            detail = f"{HOLD} -> {name}"
+        else:
+            result = self.ca.store.revoke(serial, name, self.clock())
+            detail = name
         if result is None:
             raise NotFound(f"no certificate with serial {serial:x}")
-        self._audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label,
-                               serial=serial, detail=result.revocation_reason or name))
+        if result.revocation_reason != name:  # another revocation got there first
+            return Revoked(result, changed=False)
+        self._audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label, serial=serial,
+                               detail=detail))
+        if result.ca in self.ca.cas:
+            self.regenerate(result.ca)
+        return Revoked(result, changed=True)
+
+    def release_hold(self, serial: int, *, identity: str, peer: str = "-") -> StoredCert:
+        """RFC 5280 §5.3.1: a certificate on hold (and only one on hold) is valid
+        again; the next CRL no longer lists it.  BadRequest otherwise."""
+        stored = self.ca.store.get_certificate(serial)
+        if stored is None:
+            raise NotFound(f"no certificate with serial {serial:x}")
+        if not stored.revoked:
+            raise BadRequest(f"certificate {serial:x} is not revoked")
+        if stored.revocation_reason != HOLD:
+            raise BadRequest(f"certificate {serial:x} is revoked for {stored.revocation_reason}, which is final: "
+                             f"only a {HOLD} can be released")
+        result = self.ca.store.change_revocation(serial, expected_reason=HOLD, reason=None)
+        if result is None:
+            raise BadRequest(f"certificate {serial:x} changed meanwhile; try again")
+        self._audit(AuditEvent(event="unrevoked", identity=identity, peer=peer, label=stored.label, serial=serial,
+                               detail=f"{HOLD} released"))
         if result.ca in self.ca.cas:
             self.regenerate(result.ca)
         return result

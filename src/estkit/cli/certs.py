@@ -1,4 +1,4 @@
-"""``estkit revoke``, ``estkit certs list``, ``estkit crl show|export|update``."""
+"""``estkit revoke``, ``estkit unrevoke``, ``estkit certs list``, ``estkit crl show|export|update``."""
 
 from __future__ import annotations
 
@@ -46,11 +46,33 @@ def revoke(serial: str, directory: str | None, reason: str) -> None:
     """Revoke the certificate with hexadecimal SERIAL and publish a new CRL."""
     rev = _revocation(directory)
     try:
-        stored = rev.revoke(_serial(serial), reason, identity="cli")
+        done = rev.revoke(_serial(serial), reason, identity="cli")
+    except EstError as exc:
+        raise click.ClickException(exc.reason) from None
+    stored = done.cert
+    if not done.changed:
+        at = f"{stored.revoked_at:%Y-%m-%d %H:%M:%S}Z" if stored.revoked_at else "-"
+        click.echo(f"{stored.serial:x} ({stored.subject}) is already revoked: reason {stored.revocation_reason} "
+                   f"since {at}; nothing changed")
+        return
+    crl = rev.ca.store.get_crl(stored.ca)
+    click.echo(f"revoked {stored.serial:x} ({stored.subject}) reason {stored.revocation_reason}"
+               + (f"; CRL number {crl.number}" if crl else ""))
+
+
+@click.command()
+@click.argument("serial")
+@_dir_option
+def unrevoke(serial: str, directory: str | None) -> None:
+    """Release the certificateHold of the certificate with hexadecimal SERIAL
+    (RFC 5280 §5.3.1; no other revocation can be undone) and publish a new CRL."""
+    rev = _revocation(directory)
+    try:
+        stored = rev.release_hold(_serial(serial), identity="cli")
     except EstError as exc:
         raise click.ClickException(exc.reason) from None
     crl = rev.ca.store.get_crl(stored.ca)
-    click.echo(f"revoked {stored.serial:x} ({stored.subject}) reason {stored.revocation_reason}"
+    click.echo(f"released the hold of {stored.serial:x} ({stored.subject}): valid again"
                + (f"; CRL number {crl.number}" if crl else ""))
 
 
@@ -139,5 +161,6 @@ def crl_export(directory: str | None, ca_name: str, pem: bool, out: str) -> None
 def register(cli: click.Group) -> None:
     """Add these commands to the ``estkit`` group."""
     cli.add_command(revoke)
+    cli.add_command(unrevoke)
     cli.add_command(certs)
     cli.add_command(crl)

@@ -236,6 +236,18 @@ class SqlStore:
             row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
         return self._cert(row) if row else None
 
+    def change_revocation(self, serial: int, *, expected_reason: str, reason: str | None) -> StoredCert | None:
+        values: dict[str, Any] = {"revocation_reason": reason}
+        if reason is None:
+            values["revoked_at"] = None
+        with self._tx(write=True) as conn:
+            res = conn.execute(update(_CERTS).where(_CERTS.c.serial == _hex(serial),
+                                                    _CERTS.c.revocation_reason == expected_reason).values(**values))
+            if res.rowcount != 1:
+                return None
+            row = conn.execute(select(_CERTS).where(_CERTS.c.serial == _hex(serial))).first()
+        return self._cert(row) if row else None
+
     def list_revoked(self, ca: str) -> list[StoredCert]:
         with self._tx() as conn:
             rows = conn.execute(select(_CERTS).where(_CERTS.c.ca == ca, _CERTS.c.revoked_at.is_not(None))

@@ -12,7 +12,7 @@ from typing import Protocol
 
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
            "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
-           "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now"]
+           "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now", "CertStatus", "CertQuery"]
 
 
 def utc_now() -> datetime:
@@ -183,6 +183,24 @@ class CrlRecord:
     der: bytes
 
 
+class CertStatus(StrEnum):
+    """A certificate's state for the inventory."""
+
+    VALID = "valid"      # not revoked, not expired
+    REVOKED = "revoked"
+    EXPIRED = "expired"  # past notAfter (revoked or not)
+
+
+@dataclass(frozen=True)
+class CertQuery:
+    """Which certificates to list (every field that is set must match)."""
+
+    label: str | None = None
+    requester: str | None = None
+    status: CertStatus | None = None
+    expiring_before: datetime | None = None  # valid, with notAfter before this
+
+
 class CertStore(Protocol):
     """Issued certificates."""
 
@@ -208,8 +226,9 @@ class CertStore(Protocol):
     def list_revoked(self, ca: str) -> list[StoredCert]:
         """Every revoked certificate of one CA (for its CRL)."""
 
-    def list_certificates(self, *, limit: int = 100, offset: int = 0) -> list[StoredCert]:
-        """Recently issued certificates, newest first."""
+    def list_certificates(self, *, limit: int | None = 100, offset: int = 0,
+                          query: CertQuery | None = None) -> list[StoredCert]:
+        """Issued certificates, newest first, those ``query`` selects (all when None)."""
 
     def count_certificates(self) -> int:
         """How many certificates the store holds."""

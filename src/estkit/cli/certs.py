@@ -1,12 +1,18 @@
-"""``estkit revoke``, ``estkit unrevoke``, ``estkit certs list``, ``estkit crl show|export|update``."""
+"""``estkit revoke``, ``estkit unrevoke``, ``estkit certs list|show``, ``estkit crl show|export|update``."""
 
 from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from datetime import UTC, datetime
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
-from estkit.ca.ports import StoreError
+from estkit.ca.ports import CertQuery, CertStatus, StoredCert, StoreError
 from estkit.config import ConfigError, load_config, resolve_dir
 from estkit.errors import EstError
 
@@ -81,23 +87,108 @@ def certs() -> None:
     """Issued certificates."""
 
 
-@certs.command("list")
-@_dir_option
-@click.option("--revoked", is_flag=True, help="Only revoked certificates.")
-@click.option("--limit", default=100, show_default=True)
-def certs_list(directory: str | None, revoked: bool, limit: int) -> None:
-    """List issued certificates, newest first: serial, subject, not-after, state."""
+def openssl_serial(serial: int) -> str:
+    """A serial as ``openssl x509 -serial`` prints it: upper-case hex, whole bytes."""
+    text = format(serial, "X")
+    return "0" + text if len(text) % 2 else text
+
+
+def _status(s: StoredCert, now: datetime) -> str:
+    if s.revoked:
+        return f"revoked:{s.revocation_reason}"
+    return CertStatus.EXPIRED.value if s.not_after <= now else CertStatus.VALID.value
+
+
+def _cn(subject: str) -> list[str]:
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError:
+        return []
+    return [str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def _store(directory: str | None):  # type: ignore[no-untyped-def]
     from estkit.cli.wiring import build_store
     try:
-        store = build_store(load_config(resolve_dir(directory)))
-        rows = store.list_certificates(limit=limit)
+        return build_store(load_config(resolve_dir(directory)))
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@certs.command("list")
+@_dir_option
+@click.option("--cn", "cn", default=None, metavar="PATTERN", help="CN glob, e.g. 'gw-*'.")
+@click.option("--san", default=None, metavar="PATTERN",
+              help="subjectAltName value glob, e.g. '*.devices.example.com' (any SAN matching).")
+@click.option("--label", default=None, help="Issued under this CA label.")
+@click.option("--status", type=click.Choice([s.value for s in CertStatus]), default=None)
+@click.option("--revoked", is_flag=True, help="Same as --status revoked.")
+@click.option("--expiring-within", "expiring", default=None, metavar="AGE",
+              help="Valid certificates whose notAfter is within 30d, 12h, 2w...")
+@click.option("--requester", default=None, help="Requested by this identity, e.g. user:line-1.")
+@click.option("--limit", default=100, show_default=True, help="At most this many (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def certs_list(directory: str | None, cn: str | None, san: str | None, label: str | None, status: str | None,
+               revoked: bool, expiring: str | None, requester: str | None, limit: int, as_json: bool) -> None:
+    """List issued certificates, newest first: serial (as openssl prints it),
+    subject, SANs, notAfter, label, requester, status."""
+    from estkit.cli.users import parse_when
+    now = datetime.now(UTC)
+    if expiring is not None and not re.fullmatch(r"\d+[smhdw]", expiring.strip()):
+        raise click.BadParameter(f"{expiring!r}: expected an age such as 30d, 12h or 2w",
+                                 param_hint="--expiring-within")
+    query = CertQuery(label=label, requester=requester,
+                      status=CertStatus.REVOKED if revoked else CertStatus(status) if status else None,
+                      expiring_before=parse_when(expiring, now) if expiring else None)
+    store = _store(directory)
+    try:
+        rows = store.list_certificates(limit=None, query=query)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if cn is not None:
+        rows = [s for s in rows if any(fnmatch.fnmatchcase(v, cn) for v in _cn(s.subject))]
+    if san is not None:
+        rows = [s for s in rows if any(fnmatch.fnmatchcase(v.split(":", 1)[-1], san) for v in s.sans)]
+    if limit > 0:
+        rows = rows[:limit]
+    if not as_json:
+        click.echo("SERIAL\tSUBJECT\tSANS\tNOT_AFTER\tLABEL\tREQUESTER\tSTATUS")
     for s in rows:
-        if revoked and not s.revoked:
-            continue
-        state = f"revoked:{s.revocation_reason}" if s.revoked else "valid"
-        click.echo(f"{s.serial:x}\t{s.subject}\t{s.not_after:%Y-%m-%d}\t{s.label}\t{state}")
+        if as_json:
+            click.echo(json.dumps({
+                "serial": openssl_serial(s.serial), "subject": s.subject, "sans": list(s.sans),
+                "not_before": s.not_before.isoformat(), "not_after": s.not_after.isoformat(), "label": s.label,
+                "requester": s.requester, "enrollee": s.enrollee or None, "issued_at": s.issued_at.isoformat(),
+                "status": _status(s, now).split(":")[0], "revocation_reason": s.revocation_reason,
+                "revoked_at": s.revoked_at.isoformat() if s.revoked_at else None}))
+        else:
+            click.echo(f"{openssl_serial(s.serial)}\t{s.subject}\t{','.join(s.sans) or '-'}\t"
+                       f"{s.not_after:%Y-%m-%d}\t{s.label}\t{s.requester}\t{_status(s, now)}")
+
+
+@certs.command("show")
+@click.argument("serial")
+@_dir_option
+@click.option("--pem", is_flag=True, help="Print the certificate as PEM instead.")
+def certs_show(serial: str, directory: str | None, pem: bool) -> None:
+    """One certificate: subject, SANs, validity, label, requester, enrollee, status, revocation."""
+    store = _store(directory)
+    try:
+        s = store.get_certificate(_serial(serial))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if s is None:
+        raise click.ClickException(f"no certificate with serial {serial}")
+    if pem:
+        click.echo(x509.load_der_x509_certificate(s.der).public_bytes(Encoding.PEM).decode(), nl=False)
+        return
+    revoked = (f"{s.revocation_reason} at {s.revoked_at:%Y-%m-%d %H:%M:%S}Z" if s.revoked_at else "-")
+    click.echo(f"serial:     {openssl_serial(s.serial)}\nsubject:    {s.subject}\n"
+               f"sans:       {', '.join(s.sans) or '-'}\n"
+               f"not before: {s.not_before:%Y-%m-%d %H:%M:%S}Z\nnot after:  {s.not_after:%Y-%m-%d %H:%M:%S}Z\n"
+               f"ca:         {s.ca}\nlabel:      {s.label}\nrequester:  {s.requester}\n"
+               f"enrollee:   {s.enrollee or '- (unknown)'}\nissued at:  {s.issued_at:%Y-%m-%d %H:%M:%S}Z\n"
+               f"status:     {_status(s, datetime.now(UTC)).replace(':', ' ')}\nrevoked:    {revoked}")
 
 
 @click.group()

@@ -25,7 +25,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
-                             PendingRequest, PendingStatus, StoredCert, StoreError, UserRecord, utc_now)
+                             CertQuery, CertStatus, PendingRequest, PendingStatus, StoredCert, StoreError,
+                             UserRecord, utc_now)
 from estkit.store.driverinsert import DriverInsert
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
@@ -254,10 +255,29 @@ class SqlStore:
                                 .order_by(_CERTS.c.revoked_at)).all()
         return [self._cert(r) for r in rows]
 
-    def list_certificates(self, *, limit: int = 100, offset: int = 0) -> list[StoredCert]:
+    def list_certificates(self, *, limit: int | None = 100, offset: int = 0,
+                          query: CertQuery | None = None) -> list[StoredCert]:
+        q = select(_CERTS)
+        if query is not None:
+            now = self.clock()
+            if query.label is not None:
+                q = q.where(_CERTS.c.label == query.label)
+            if query.requester is not None:
+                q = q.where(_CERTS.c.requester == query.requester)
+            if query.status == CertStatus.REVOKED:
+                q = q.where(_CERTS.c.revoked_at.is_not(None))
+            elif query.status == CertStatus.EXPIRED:
+                q = q.where(_CERTS.c.not_after <= now)
+            elif query.status == CertStatus.VALID:
+                q = q.where(_CERTS.c.revoked_at.is_(None), _CERTS.c.not_after > now)
+            if query.expiring_before is not None:
+                q = q.where(_CERTS.c.revoked_at.is_(None), _CERTS.c.not_after > now,
+                            _CERTS.c.not_after <= query.expiring_before)
+        q = q.order_by(_CERTS.c.issued_at.desc()).offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
         with self._tx() as conn:
-            rows = conn.execute(select(_CERTS).order_by(_CERTS.c.issued_at.desc()).limit(limit)
-                                .offset(offset)).all()
+            rows = conn.execute(q).all()
         return [self._cert(r) for r in rows]
 
     def count_certificates(self) -> int:

@@ -134,6 +134,7 @@ def _estclient(s: object, cfg: ShapesConfig, *args: str) -> tuple[int, str]:
     return p.returncode, p.stdout.decode() + p.stderr.decode()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("allow,code", [(False, 1), (True, 0)],
                          ids=["fail/cli-plaintext-key-refused", "ok/cli-allow-plaintext-key"])
 def test_cli_serverkeygen_encrypt_downgrade(pki: Pki, tmp_path: Path, allow: bool, code: int) -> None:
@@ -151,6 +152,7 @@ def test_cli_serverkeygen_encrypt_downgrade(pki: Pki, tmp_path: Path, allow: boo
         assert not (tmp_path / "kg.key").exists() and not (tmp_path / "kg.pem").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("body,warned", [
     pytest.param(base64.b64encode(P384) + b"\x00", False, id="ok/cli-nul-terminated"),
     pytest.param(b"%%% not base64\n", True, id="ok/cli-unreadable-warns"),

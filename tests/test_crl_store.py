@@ -15,7 +15,7 @@ from estkit.ca.ports import CrlRecord
 from estkit.store import SqlStore, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     url = f"sqlite:///{tmp_path}/estkit.db" if request.param == "sqlite" else fresh_database(
         request.getfixturevalue("pg_url"))

@@ -25,6 +25,8 @@ from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 USER, PW, LABEL = "libest-dev", "libest pw 7", "dig"
 WK = "/.well-known/est"
 

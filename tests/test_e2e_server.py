@@ -27,6 +27,8 @@ from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 PKCS10 = {"Content-Type": "application/pkcs10"}
 IDEVID_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idevid"),
                          x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN123")])

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from support import ServerProcess, require_tool, run, server
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:

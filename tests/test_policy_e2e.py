@@ -24,6 +24,8 @@ from estkit.protocol.cmc_client import build_cmc_request, parse_cmc_response
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ALICE, BOB, RL = ("alice", "pw-alice"), ("bob", "pw-bob"), ("rl", "pw-rl")
 POLICIES = {
     "idevid": {"kinds": ["bootstrap"], "issuers": [MFG_CA], "labels": ["default"], "cn": ["{serialNumber}"],

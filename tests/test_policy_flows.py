@@ -21,6 +21,8 @@ from test_e2e_bouncycastle import classpath  # noqa: F401  (the compiled BC clie
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ALICE = ("alice", "pw-alice")
 DIGEST_PW = "digest pw 1"
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support import fresh_database
+from together import together
 
 from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, UserRecord
 from estkit.store import SqlStore, open_store
@@ -68,13 +68,9 @@ def test_ok_users_and_one_time_consumed_once_under_concurrency(store: SqlStore) 
     store.add_user(UserRecord("dev", "scrypt$x", now, one_time=True, policy={"labels": ["default"]}))
     with pytest.raises(Conflict):
         store.add_user(UserRecord("dev", "scrypt$y", now))
-    results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(store.consume_one_time("dev", now))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results.count(True) == 1
+    # Released together at a barrier; raises if any call raised or hung.
+    results = together(8, lambda _i: store.consume_one_time("dev", now))
+    assert len(results) == 8 and results.count(True) == 1 and results.count(False) == 7
     u = store.get_user("dev")
     assert u is not None and u.used_at is not None and u.policy == {"labels": ["default"]}
     assert store.remove_user("dev") and not store.remove_user("dev")

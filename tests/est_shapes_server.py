@@ -61,6 +61,7 @@ class ShapesConfig:
     bodies: list[bytes] = field(default_factory=list)
     csrattrs_body: bytes | None = None  # None: 204; else sent as-is in a 200 application/csrattrs
     csrattrs_status: int = 200  # another status: sent with csrattrs_body as text/plain
+    redirect_after_auth: str | None = None  # an origin: authenticated POSTs get a 307 there (same path)
     paths: list[str] = field(default_factory=list)  # every request path, in order
 
 
@@ -155,6 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.cfg.bodies.append(body)
         if not self._authorized():
+            return
+        if self.server.cfg.redirect_after_auth:
+            self._send(307, b"", None, {"Location": self.server.cfg.redirect_after_auth + self.path})
             return
         if not body.endswith(b"\n"):  # libest's server
             self._send(400, b"body without newline\n", "text/plain")

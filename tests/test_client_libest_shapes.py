@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_pki import Pki, make_pki, write_pair
 from cryptography.hazmat.primitives.asymmetric import ec
-from est_shapes_server import ShapesConfig, shapes_server
+from est_shapes_server import ShapesConfig, ShapesServer, shapes_server
 from support import VENV_BIN, run
 
 from estkit.client import ClientCertificate, CsrAttrsWarning, CsrSpec, DigestAuth, EstClient, EstError, ProtocolError
@@ -36,8 +37,8 @@ def pki() -> Pki:
     return make_pki()
 
 
-def _client(s: object, cfg: ShapesConfig, **kw: object) -> EstClient:
-    return EstClient(s.url(), trust=s.trust, auth=DigestAuth(cfg.user, cfg.password), **kw)  # type: ignore[attr-defined, arg-type]
+def _client(s: ShapesServer, cfg: ShapesConfig, **kw: Any) -> EstClient:
+    return EstClient(s.url(), trust=s.trust, auth=DigestAuth(cfg.user, cfg.password), **kw)
 
 
 NUL_BODIES = [
@@ -128,9 +129,9 @@ def test_library_refuses_plaintext_key_when_encryption_was_asked(pki: Pki, tmp_p
 # -- the same through estclient, a real process --------------------------------------------------
 
 
-def _estclient(s: object, cfg: ShapesConfig, *args: str) -> tuple[int, str]:
-    p = run([ESTCLIENT, args[0], "--server", s.url(), "--trust", str(s.trust), "--user", cfg.user,  # type: ignore[attr-defined]
-             *args[1:]], check=False, env={"ESTCLIENT_PASSWORD": cfg.password}, timeout=120)
+def _estclient(s: ShapesServer, cfg: ShapesConfig, *args: str) -> tuple[int, str]:
+    p = run([ESTCLIENT, args[0], "--server", s.url(), "--trust", str(s.trust), "--user", cfg.user, *args[1:]],
+            check=False, env={"ESTCLIENT_PASSWORD": cfg.password}, timeout=120)
     return p.returncode, p.stdout.decode() + p.stderr.decode()
 
 

@@ -232,7 +232,8 @@ def test_ok_revoke_then_refused_and_listed_in_crl(env: Env) -> None:
     req = build_cmc_request(key, requests=[TaggedRequest(1, "tcr", build_csr(key, subject=cert.subject))],
                             signer_cert=cert)
     reply = _reply(env, *_post(env, req.der), expect=403)
-    assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["badIdentity"] and "revoked" in (reply.statuses[0].status_string or "")
+    assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["badIdentity"]
+    assert "revoked" in (reply.statuses[0].status_string or "")
 
 
 # -- every failure path -------------------------------------------------------------
@@ -435,7 +436,8 @@ def test_fail_store_refuses_record_is_internal_ca_error(env: Env) -> None:
         key = generate_key("ec:P-256")
         req = build_cmc_request(key, requests=[TaggedRequest(1, "tcr", build_csr(key, cn="fail-internal"))])
         reply = _reply(env, *_post(env, req.der, auth=True), expect=500)
-        assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["internalCAError"] and reply.statuses[0].body_list == (1,)
+        assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["internalCAError"]
+        assert reply.statuses[0].body_list == (1,)
         assert reply.certificate_for(key.public_key()) is None
     finally:
         db.execute("DROP TRIGGER refuse_one")

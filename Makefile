@@ -1,11 +1,16 @@
-# estkit: `make run` serves EST on an embedded default, `make test` runs the suite.
+# estkit: `make run` serves EST on an embedded default, `make test` runs the suite
+# (`make test-fast`: only the unit and in-process tests, no e2e processes).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DIR    ?= estkit-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run test bench install clean
+# Test files run in parallel (pytest-xdist), each file on one worker so that its
+# shared server fixture starts once.  auto = one worker per core.
+TEST_JOBS ?= auto
+
+.PHONY: run test test-fast bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +24,10 @@ run: $(VENV)/.installed
 	$(VENV)/bin/estkit quickstart --dir $(DIR) --listen $(LISTEN)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py $(BENCH_ARGS)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a running estkit server per module, a PostgreSQL per session."""
+"""Shared fixtures: a PostgreSQL per session (per worker under pytest-xdist),
+and the fast tier's guard.  Tests that start processes carry ``pytest.mark.e2e``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import support  # noqa: E402
 from support import postgres_server  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test-fast` (-m 'not e2e'): any process a test starts fails it (support.FAST_TIER)."""
+    expr = " ".join(str(config.getoption("markexpr", "") or "").split())
+    support.FAST_TIER = "not e2e" in expr
 
 
 @pytest.fixture(scope="session")

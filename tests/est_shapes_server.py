@@ -9,7 +9,12 @@ EST servers do on the wire (interop-notes: libest, RFC 7030 Appendix A):
   ``/cacerts`` without smime-type, enroll answers carrying the CA chain;
 * ``/serverkeygen``: certificate part first, LF line ends, quoted boundary, a
   PKCS#1 RSA key labelled ``application/pkcs8`` (libest);
-* the ``held`` label answers 202 with an HTTP-date Retry-After first.
+* the ``held`` label answers 202 with an HTTP-date Retry-After first;
+* ``/csrattrs``: 204 by default, or ``csrattrs_body`` as a 200 (libest's
+  example server sends the base64 followed by a NUL byte, counted in
+  Content-Length);
+* ``/serverkeygen`` always answers a plaintext key, even when the CSR asks for
+  it encrypted (a server that ignores the request: a downgrade to detect).
 
 Certificates are signed by a test CA with cryptography.
 """
@@ -54,6 +59,10 @@ class ShapesConfig:
     authorizations: list[str] = field(default_factory=list)  # every Authorization header received
     seen: list[dict[str, str]] = field(default_factory=list)  # verified Digest answers
     bodies: list[bytes] = field(default_factory=list)
+    csrattrs_body: bytes | None = None  # None: 204; else sent as-is in a 200 application/csrattrs
+    csrattrs_status: int = 200  # another status: sent with csrattrs_body as text/plain
+    redirect_after_auth: str | None = None  # an origin: authenticated POSTs get a 307 there (same path)
+    paths: list[str] = field(default_factory=list)  # every request path, in order
 
 
 def _b64_wrapped(der: bytes) -> bytes:
@@ -122,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
+        self.server.cfg.paths.append(self.path)
         if self.path.startswith("/moved/"):  # same origin (RFC 7030 §3.2.1)
             self._send(301, b"", None, {"Location": self.path[len("/moved"):]})
             return
@@ -133,15 +143,22 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/cacerts"):
             # libest: application/pkcs7-mime without smime-type; wrapped base64, no CTE header.
             self._send(200, _b64_wrapped(certs_only([self.server.pki.sub, self.server.pki.root])), "application/pkcs7-mime")
+        elif self.path.endswith("/csrattrs") and self.server.cfg.csrattrs_body is not None:
+            st = self.server.cfg.csrattrs_status
+            self._send(st, self.server.cfg.csrattrs_body, "application/csrattrs" if st == 200 else "text/plain")
         elif self.path.endswith("/csrattrs"):
             self._send(204, b"")
         else:
             self._send(404, b"not here\n", "text/plain")
 
     def do_POST(self) -> None:  # noqa: N802
+        self.server.cfg.paths.append(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.cfg.bodies.append(body)
         if not self._authorized():
+            return
+        if self.server.cfg.redirect_after_auth:
+            self._send(307, b"", None, {"Location": self.server.cfg.redirect_after_auth + self.path})
             return
         if not body.endswith(b"\n"):  # libest's server
             self._send(400, b"body without newline\n", "text/plain")

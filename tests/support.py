@@ -30,6 +30,16 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 ESTKIT = str(VENV_BIN / "estkit")
 REQUIRE_ALL = os.environ.get("ESTKIT_REQUIRE_ALL") == "1"
+# Set by conftest when the run leaves out e2e tests (`make test-fast`): starting a
+# process then fails the test, so the fast tier stays fast as tests are added.
+FAST_TIER = False
+
+
+def no_process_in_fast_tier(what: str) -> None:
+    """Fail a test that starts ``what`` in the fast tier: it belongs in the e2e tier."""
+    if FAST_TIER:
+        pytest.fail(f"{what} started in the fast tier (-m 'not e2e'): mark the test or its module "
+                    "with pytest.mark.e2e")
 
 
 def require_tool(*names: str) -> None:
@@ -52,6 +62,8 @@ def run(cmd: Sequence[str], *, input: bytes | str | None = None, check: bool = T
         env: dict[str, str] | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a command, capturing output; on failure the output is in the assertion."""
     data = input.encode() if isinstance(input, str) else input
+    if Path(str(cmd[0])).parent == VENV_BIN:
+        no_process_in_fast_tier(Path(str(cmd[0])).name)
     p = subprocess.run(list(cmd), input=data, capture_output=True, timeout=timeout,
                        env={**os.environ, **(env or {})}, cwd=cwd)
     if check and p.returncode != 0:
@@ -123,7 +135,19 @@ class ServerProcess:
         return self.dir / "ca.pem"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        self.port = self.port or free_port()
+        """Start and wait until it listens.  A port picked here and taken meanwhile by
+        another test worker (pytest-xdist) is picked again, up to three times."""
+        no_process_in_fast_tier("estkit serve")
+        picked = not self.port
+        for _attempt in range(3):
+            self.port = self.port or free_port()
+            if self._start_once(timeout) or not picked:
+                return self
+            self.port = 0
+        raise AssertionError(f"estkit serve found no free port:\n{self.log()}")
+
+    def _start_once(self, timeout: float) -> bool:
+        """True once listening; False when the port was taken."""
         self.log_path = self.dir / f"serve-{self.port}.log"
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ESTKIT, "serve", "--dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}",
@@ -132,10 +156,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "in use" in self.log():
+                    return False
                 raise AssertionError(f"estkit serve exited {self.proc.returncode}:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    return True
             except OSError:
                 time.sleep(0.05)
         raise AssertionError(f"estkit serve did not listen within {timeout}s:\n{self.log()}")
@@ -222,7 +248,9 @@ def _pg_bin(name: str) -> str | None:
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL; yields a ``postgresql+psycopg://`` URL.  Skips
-    (fails under ESTKIT_REQUIRE_ALL) when PostgreSQL is not installed."""
+    (fails under ESTKIT_REQUIRE_ALL) when PostgreSQL is not installed.  Under
+    pytest-xdist each worker has its own (a private port and socket directory)."""
+    no_process_in_fast_tier("PostgreSQL")
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
         msg = "PostgreSQL (initdb, pg_ctl) not installed"

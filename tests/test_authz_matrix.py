@@ -47,6 +47,8 @@ POLICIES = {
                "dns": ["{serialNumber}.devices.example.com"]},
 }
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @dataclass
 class Env:

@@ -14,6 +14,8 @@ import pytest
 
 from support import require_tool
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "bench.py"
 

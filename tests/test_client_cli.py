@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from support import VENV_BIN, ServerProcess, estkit, free_port, require_tool, run, server
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ESTCLIENT = str(VENV_BIN / "estclient")
 USER, PW = "cli-user", "cli-pw-9"
 SECRET, IDENT = "cli-cmc-secret", "cli-dev"

@@ -15,7 +15,7 @@ from est_shapes_server import ShapesConfig, shapes_server
 
 from estkit.client import (BasicAuth, CsrSpec, DigestAuth, EstClient, PasswordAuth, PendingWait, ProtocolError,
                            TrustError)
-from estkit.errors import Unauthorized
+from estkit.errors import EstError, Unauthorized
 from estkit.protocol.keys import generate_key, key_type_of
 
 
@@ -145,3 +145,26 @@ def test_redirects(pki: Pki, prefix: str, ok: bool) -> None:
         else:
             with pytest.raises(ProtocolError, match="another origin"):
                 client.cacerts()
+
+
+@pytest.mark.parametrize("target", ["other-server", "same-server-other-host-name"],
+                         ids=["fail/authenticated-redirect-to-other-server",
+                              "fail/authenticated-redirect-to-same-server-by-ip"])
+def test_cross_origin_redirect_after_authentication_never_resends_credentials(pki: Pki, target: str) -> None:
+    """RFC 7030 §3.2.1: the server redirects an enrollment it has just
+    authenticated (Digest) to another origin; the client refuses, and the other
+    origin gets no request at all, so neither the credentials nor the CSR."""
+    other_cfg = ShapesConfig()
+    cfg = ShapesConfig()
+    with shapes_server(pki, cfg) as s, shapes_server(pki, other_cfg) as other:
+        cfg.redirect_after_auth = other.url() if target == "other-server" else s.url("127.0.0.1")
+        client = EstClient(s.url(), trust=s.trust, auth=DigestAuth(cfg.user, cfg.password))
+        with pytest.raises(EstError) as err:
+            client.enroll(cn="redirected")
+    # The first origin challenged, then verified the credentials: they really were in play ...
+    assert len(cfg.seen) == 1 and len(cfg.authorizations) == 1
+    # ... and were never sent anywhere else (nor anything at all) ...
+    assert other_cfg.authorizations == [] and other_cfg.paths == [] and other_cfg.bodies == []
+    assert [p for p in cfg.paths if p.endswith("/simpleenroll")] == ["/.well-known/est/simpleenroll"] * 2
+    # ... because the client refused to follow.
+    assert isinstance(err.value, ProtocolError) and "another origin" in err.value.reason

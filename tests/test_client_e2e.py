@@ -23,6 +23,8 @@ from estkit.client import (BasicAuth, ClientCertificate, CsrSpec, EstClient, Pen
 from estkit.errors import BadRequest, Forbidden, NotFound, Pending, Unauthorized
 from estkit.protocol.keys import generate_key, key_type_of
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 USER, PW = "device-maker", "pw-4-devices"
 SECRET, IDENT = "cmc-shared-7", "dev-7"
 

@@ -24,15 +24,21 @@ from cryptography.x509.oid import NameOID
 from support import ServerProcess, basic, free_port, require_tool, run, server
 
 from estkit.protocol import constants as c
-from estkit.protocol.cmc import (FAIL_INFO, SUCCESS, Control, TaggedRequest, ctl_get_cert, ctl_revoke_request,
-                                 decode_pkiresponse)
+from estkit.protocol.cmc import (SUCCESS, Control, TaggedRequest, ctl_get_cert, ctl_revoke_request,
+                                 decode_pkiresponse, octets_value)
 from estkit.protocol.cmc_client import CmcReply, build_cmc_request, parse_cmc_response
 from estkit.protocol.cmc_crmf import build_crmf
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 USER, PW = "cmc-user", "cmc-pw-1"
+# RFC 5272 §6.1.4 CMCFailInfo, written out here so that the code's own table is checked, not trusted.
+RFC5272_FAIL_INFO = {"badAlg": 0, "badMessageCheck": 1, "badRequest": 2, "badTime": 3, "badCertId": 4,
+                     "unsupportedExt": 5, "mustArchiveKeys": 6, "badIdentity": 7, "popRequired": 8, "popFailed": 9,
+                     "noKeyReuse": 10, "internalCAError": 11, "tryLater": 12, "authDataFail": 13}
 SECRET, IDENT = b"topsecret-7", "device-7"
 
 
@@ -124,7 +130,14 @@ def test_ok_pkcs10_enroll_echoes_transaction_and_nonce(env: Env) -> None:
     reply = _reply(env, *_post(env, req.der, auth=True), expect=200)
     assert reply.transaction_id == 424242 and reply.recipient_nonce == b"nonce-from-client"
     sender = reply.response.control(c.OID_CMC_SENDER_NONCE.dotted_string)
-    assert sender is not None  # a fresh nonce of the server's own
+    assert sender is not None  # RFC 5272 §6.6: a fresh nonce of the server's own, not an echo ...
+    again = build_cmc_request(key, requests=[TaggedRequest(3, "tcr", build_csr(key, cn="cmc-tcr", dns=["t.example"]))],
+                              transaction_id=424243, sender_nonce=b"nonce-from-client")
+    sender2 = _reply(env, *_post(env, again.der, auth=True), expect=200).response.control(
+        c.OID_CMC_SENDER_NONCE.dotted_string)
+    assert sender2 is not None
+    nonces = {octets_value(sender), octets_value(sender2)}
+    assert len(nonces) == 2 and b"nonce-from-client" not in nonces  # ... and new for every response
     assert [(s.status, s.body_list) for s in reply.statuses] == [(SUCCESS, (3,))]
     cert = reply.certificate_for(key.public_key())
     assert cert is not None and cert.subject.rfc4514_string() == "CN=cmc-tcr"
@@ -223,7 +236,8 @@ def test_ok_revoke_then_refused_and_listed_in_crl(env: Env) -> None:
     req = build_cmc_request(key, requests=[TaggedRequest(1, "tcr", build_csr(key, subject=cert.subject))],
                             signer_cert=cert)
     reply = _reply(env, *_post(env, req.der), expect=403)
-    assert reply.statuses[0].fail_info == FAIL_INFO["badIdentity"] and "revoked" in (reply.statuses[0].status_string or "")
+    assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["badIdentity"]
+    assert "revoked" in (reply.statuses[0].status_string or "")
 
 
 # -- every failure path -------------------------------------------------------------
@@ -358,12 +372,13 @@ FAILURES = [
 @pytest.mark.parametrize("case,status,fail,part,text", FAILURES, ids=[f"fail/{f[0]}" for f in FAILURES])
 def test_cmc_failure(env: Env, case: str, status: int, fail: str, part: int | None, text: str) -> None:
     require_tool("openssl")
-    der, opts = _case(env, case)
+    der, opts = _case(env, case)  # may enroll helpers (a renewal's old certificate, an attacker) first
+    issued_before = _issued_count(env)
     st, headers, body = _post(env, der, **opts)
     reply = _reply(env, st, headers, body, expect=status)
     failed = [s for s in reply.statuses if s.status != SUCCESS]
     assert len(failed) == 1, reply.statuses
-    assert failed[0].fail_info == FAIL_INFO[fail], failed[0]
+    assert failed[0].fail_info == RFC5272_FAIL_INFO[fail], failed[0]
     assert text in (failed[0].status_string or ""), failed[0]
     if part is not None:
         assert part in failed[0].body_list
@@ -371,7 +386,18 @@ def test_cmc_failure(env: Env, case: str, status: int, fail: str, part: int | No
         assert headers["www-authenticate"].startswith("Basic")
     if fail == "tryLater":
         assert headers["retry-after"] == "17"
+    # Nothing was issued: not for this request's key, nor any other row in the store.
+    assert _issued_count(env) == issued_before
     assert not any(cert.subject.rfc4514_string().startswith("CN=fail-") for cert in reply.certificates)
+
+
+def _issued_count(env: Env) -> int:
+    import sqlite3
+    db = sqlite3.connect(env.srv.dir / "estkit.db")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM certificates").fetchone()[0])
+    finally:
+        db.close()
 
 
 def test_ok_openssl_signed_renewal_sent_with_curl(env: Env) -> None:
@@ -414,7 +440,8 @@ def test_fail_store_refuses_record_is_internal_ca_error(env: Env) -> None:
         key = generate_key("ec:P-256")
         req = build_cmc_request(key, requests=[TaggedRequest(1, "tcr", build_csr(key, cn="fail-internal"))])
         reply = _reply(env, *_post(env, req.der, auth=True), expect=500)
-        assert reply.statuses[0].fail_info == FAIL_INFO["internalCAError"] and reply.statuses[0].body_list == (1,)
+        assert reply.statuses[0].fail_info == RFC5272_FAIL_INFO["internalCAError"]
+        assert reply.statuses[0].body_list == (1,)
         assert reply.certificate_for(key.public_key()) is None
     finally:
         db.execute("DROP TRIGGER refuse_one")

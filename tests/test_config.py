@@ -9,6 +9,8 @@ from support import estkit, read_config, write_config
 
 from estkit.config import ConfigError, load_config
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

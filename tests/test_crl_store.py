@@ -3,19 +3,19 @@ is compare-and-set, so concurrent regenerations never reuse or skip back."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support import fresh_database
+from together import together
 
 from estkit.ca.ports import CrlRecord
 from estkit.store import SqlStore, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     url = f"sqlite:///{tmp_path}/estkit.db" if request.param == "sqlite" else fresh_database(
         request.getfixturevalue("pg_url"))
@@ -41,11 +41,6 @@ def test_ok_first_then_compare_and_set(store: SqlStore) -> None:
 
 def test_ok_concurrent_writers_one_wins(store: SqlStore) -> None:
     store.put_crl(_rec(1), None)
-    results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(store.put_crl(_rec(2), 1))) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results.count(True) == 1
+    results = together(6, lambda _i: store.put_crl(_rec(2), 1))  # raises if any call raised or hung
+    assert len(results) == 6 and results.count(True) == 1 and results.count(False) == 5
     assert store.get_crl("default").number == 2  # type: ignore[union-attr]

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from support import REQUIRE_ALL, ServerProcess, https, require_tool, run, server
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 JAVA_SRC = Path(__file__).parent / "java" / "EstBc.java"
 BC_DIR = Path(os.environ.get("ESTKIT_BC_JAR_DIR", "/usr/share/java"))
 BC_JARS = ("bcprov.jar", "bcpkix.jar", "bcutil.jar", "bctls.jar")  # libbc{prov,pkix,util,tls}-java

@@ -13,6 +13,8 @@ from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 PKCS10 = {"Content-Type": "application/pkcs10"}
 
 

@@ -22,6 +22,8 @@ from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 PKCS10 = {"Content-Type": "application/pkcs10"}
 
 
@@ -139,12 +141,17 @@ def test_ok_quickstart_prints_a_working_curl_command(tmp_path: Path) -> None:
         cmds = text.split("Enroll with curl and openssl:\n", 1)[1].split("\nStop with", 1)[0]
         script = cmds.replace("\\\n", " ")
         srv = ServerProcess(d, port=port)
-        for _ in range(100):
+        ready, last = False, ""
+        deadline = time.monotonic() + 20
+        while not ready and time.monotonic() < deadline:  # sleeps between tries, fails when never ready
             try:
-                if https(srv, "GET", "cacerts").status == 200:
-                    break
-            except OSError:
+                r = https(srv, "GET", "cacerts")
+                ready, last = r.status == 200, f"HTTP {r.status}"
+            except OSError as exc:
+                last = repr(exc)
+            if not ready:
                 time.sleep(0.1)
+        assert ready, f"quickstart never served /cacerts within 20 s (last: {last})\n{text}"
         out = run(["sh", "-ec", script], cwd=tmp_path)
         assert b"device.pem: OK" in out.stdout
     finally:

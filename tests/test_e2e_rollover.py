@@ -6,6 +6,7 @@ import base64
 import ssl
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -15,6 +16,8 @@ from estkit.protocol.csr import build_csr
 from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
+
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
 
 PKCS10 = {"Content-Type": "application/pkcs10"}
 

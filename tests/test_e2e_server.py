@@ -27,6 +27,8 @@ from estkit.protocol.framing import decode_b64
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 PKCS10 = {"Content-Type": "application/pkcs10"}
 IDEVID_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idevid"),
                          x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN123")])
@@ -152,10 +154,35 @@ def _wrap(data: bytes, width: int, eol: bytes) -> bytes:
                  id="ok/stray-whitespace-and-charset"),
 ])
 def test_request_framings_accepted(srv: ServerProcess, frame: Any, headers: dict[str, str]) -> None:
-    der = build_csr(generate_key("ec:P-256"), cn="framed")
+    key = generate_key("ec:P-256")
+    der = build_csr(key, cn="framed", dns=["framed.example"])
     r = https(srv, "POST", "simpleenroll", frame(der),
               headers={**PKCS10, **headers, "Authorization": basic("alice", "s3cret pass")})
     assert r.status == 200, r.body
+    # The very CSR was read: its key and names are in the certificate.
+    (cert,) = parse_certs_only(decode_b64(r.body))
+    assert cert.public_key() == key.public_key() and cert.subject.rfc4514_string() == "CN=framed"
+    assert _sans(cert) == ["framed.example"] and _requester(srv, cert) == "user:alice"
+
+
+def _sans(cert: x509.Certificate) -> list[str]:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _requester(srv: ServerProcess, cert: x509.Certificate) -> str:
+    """Who the store recorded as having obtained ``cert`` (the identity kind and name)."""
+    import sqlite3
+    db = sqlite3.connect(srv.dir / "estkit.db")
+    try:
+        rows = db.execute("SELECT requester FROM certificates WHERE der = ?", (cert.public_bytes(Encoding.DER),))
+        (row,) = rows.fetchall()
+        return str(row[0])
+    finally:
+        db.close()
 
 
 # -- every error status, from a real request -------------------------------------------------------
@@ -252,7 +279,9 @@ def test_reenroll_with_client_certificate(srv: ServerProcess, tmp_path: Path, re
     new = parse_certs_only(decode_b64(r.body))[0]
     old = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert new.subject == old.subject and new.serial_number != old.serial_number
-    assert (new.public_key() == old.public_key()) is (not rekey)
+    assert _sans(new) == _sans(old) == ["renew.example"]  # RFC 7030 §4.2.2: the same names
+    assert new.public_key() == new_key.public_key() and (new.public_key() == old.public_key()) is (not rekey)
+    assert _requester(srv, new) == "cert:CN=renewer"  # authorised by the certificate being renewed
 
 
 @pytest.mark.parametrize("cn,dns,status,reason", [
@@ -292,19 +321,28 @@ def test_fail_reenroll_with_untrusted_ca_certificate_fails_handshake(srv: Server
 
 
 def test_ok_simpleenroll_with_bootstrap_certificate(srv: ServerProcess, manufacturer: dict[str, Path]) -> None:
-    csr = _b64(build_csr(generate_key("ec:P-256"), cn="ldevid-SN123"))
+    key = generate_key("ec:P-256")
+    csr = _b64(build_csr(key, cn="ldevid-SN123"))
     r = https(srv, "POST", "simpleenroll", csr, headers=PKCS10,
               ctx=srv.ssl_context(manufacturer["cert"], manufacturer["key"]))
     assert r.status == 200, r.body
+    (cert,) = parse_certs_only(decode_b64(r.body))
+    assert cert.public_key() == key.public_key() and cert.subject.rfc4514_string() == "CN=ldevid-SN123"
+    # Authorised as the manufacturer-issued device (a bootstrap identity), not as a user or an issued certificate.
+    assert _requester(srv, cert) == "bootstrap:" + IDEVID_NAME.rfc4514_string()
 
 
 def test_ok_simpleenroll_with_issued_client_certificate(srv: ServerProcess, tmp_path: Path) -> None:
     cert_path, key_path = _enroll(srv, tmp_path, "certauth")
     # its own name: a certificate without a [policies] grant asks for nothing else (docs/policy.md)
-    r = https(srv, "POST", "simpleenroll", _b64(build_csr(generate_key("ec:P-256"), cn="certauth")), headers=PKCS10,
+    key = generate_key("ec:P-256")
+    r = https(srv, "POST", "simpleenroll", _b64(build_csr(key, cn="certauth")), headers=PKCS10,
               ctx=srv.ssl_context(cert_path, key_path))
     assert r.status == 200, r.body
-    assert parse_certs_only(decode_b64(r.body))[0].subject.rfc4514_string() == "CN=certauth"
+    (cert,) = parse_certs_only(decode_b64(r.body))
+    assert cert.public_key() == key.public_key() and cert.subject.rfc4514_string() == "CN=certauth"
+    # Authorised by the TLS client certificate this CA issued (no password was sent).
+    assert _requester(srv, cert) == "cert:CN=certauth"
     r = https(srv, "POST", "simpleenroll", _b64(build_csr(generate_key("ec:P-256"), cn="second")), headers=PKCS10,
               ctx=srv.ssl_context(cert_path, key_path))
     assert r.status == 403 and b"rule 'own-names'" in r.body, r.body

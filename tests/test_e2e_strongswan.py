@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from support import ServerProcess, require_tool, run, server
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
@@ -93,4 +95,9 @@ def test_fail_est_wrong_password(srv: ServerProcess, tmp_path: Path) -> None:
     _, csr = _req(tmp_path, "bad", "bad.example.com", "bad.example.com")
     p = pki("--est", "--url", _url(srv), "--cacert", str(srv.ca_pem), "--in", str(csr),
             "--userpass", "router:nope", "--outform", "pem", check=False)
-    assert p.returncode != 0 and not p.stdout
+    err = p.stderr.decode(errors="replace")
+    # The refusal is the server's 401 after a completed TLS handshake, not a TLS or connection failure.
+    assert p.returncode != 0 and not p.stdout, err
+    assert "EST request failed: HTTP 401" in err and "negotiated TLS" in err, err
+    assert "TLS connection to EST server was not established" not in err, err
+    assert " simpleenroll - 401 " in srv.log()  # the server saw and refused the credentials

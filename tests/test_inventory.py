@@ -25,6 +25,8 @@ from estkit.protocol.pkcs7 import parse_certs_only
 
 USERS = {"inv-a": "pw-a", "inv-b": "pw-b"}
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @dataclass
 class Env:

@@ -27,6 +27,8 @@ from estkit.protocol.keys import generate_key, key_type_of
 from estkit.protocol.multipart import KEY_ENCRYPTED, KEY_PLAIN, parse_serverkeygen
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 USER, PW = "alice", "s3cret-pw"
 
 

@@ -24,6 +24,8 @@ from estkit.protocol.cmc_client import build_cmc_request, parse_cmc_response
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ALICE, BOB, RL = ("alice", "pw-alice"), ("bob", "pw-bob"), ("rl", "pw-rl")
 POLICIES = {
     # alice may use every label, the RA label included (RA authority is granted, never obtained)
@@ -126,19 +128,34 @@ def test_matrix(env: Env, kind: str, names: tuple[str, tuple[str, ...], tuple[st
                                         pytest.param("cert", 3, id="fail/cert-rate"),
                                         pytest.param("ra", 4, id="fail/ra-rate")])
 def test_rate_limit_across_workers(env: Env, kind: str, limit: int) -> None:
-    """Counted in the store: requests on new connections land on either worker process."""
+    """Counted in the store: the requests are steered to alternate between the two
+    worker processes (tests/workers.py), so each worker alone saw fewer than
+    ``limit`` of them, yet the one over the limit is refused."""
+    from policy_support import PKCS10
+    from support import basic
+    from workers import https_on_worker, worker_pids
     if kind == "user":
         auth, ident, cn = {"user": RL}, "user:rl", "rl-dev"
     else:
         cp, kp, cert = env.certs["gw-rate" if kind == "cert" else "ra-rate"]
         auth, ident = {"tls": (cp, kp)}, f"cert:{cert.subject.rfc4514_string()}"
         cn = "gw-rate" if kind == "cert" else "dev-rate"
-    for i in range(limit):
-        r, _ = enroll(env.srv, build_csr(generate_key("ec:P-256"), cn=cn), **auth)
-        assert r.status == 200, (i, r.body)
-    csr = build_csr(generate_key("ec:P-256"), cn=cn)
-    r, _ = enroll(env.srv, csr, **auth)
+    headers = {**PKCS10, **({"Authorization": basic(*auth["user"])} if "user" in auth else {})}
+    ctx = env.srv.ssl_context(*auth["tls"]) if "tls" in auth else None
+    served: list[int] = []
+    for i in range(limit + 1):
+        csr = build_csr(generate_key("ec:P-256"), cn=cn)
+        r, pid = https_on_worker(env.srv, "POST", "simpleenroll", base64.b64encode(csr) + b"\n",
+                                 avoid={served[-1]} if served else set(), headers=headers, ctx=ctx)
+        served.append(pid)
+        if i < limit:
+            assert r.status == 200, (i, r.body)
     assert r.status == 403 and b"rule 'rate'" in r.body, r.body
+    # Both workers issued, and the refusing worker had itself issued fewer than `limit`:
+    # only a count shared through the store refuses there.
+    issued_by = {pid: served[:limit].count(pid) for pid in set(served)}
+    assert set(served) == set(worker_pids(env.srv)) and len(issued_by) == 2 and min(issued_by.values()) >= 1, served
+    assert issued_by[served[-1]] < limit, served
     check_audit(env.srv, ident, csr, "default", event="refused", detail="rule 'rate'")
     issued = [e for e in last_n(env, ident, limit + 1) if e["event"] == "issued"]
     assert len(issued) == limit

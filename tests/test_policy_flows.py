@@ -21,6 +21,8 @@ from test_e2e_bouncycastle import classpath  # noqa: F401  (the compiled BC clie
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 ALICE = ("alice", "pw-alice")
 DIGEST_PW = "digest pw 1"
 
@@ -205,20 +207,43 @@ def test_stale_nonce_gets_a_new_challenge_with_stale_true(srv: ServerProcess) ->
     assert r.status == 401 and b"nonce expired" in r.body
     challenges = r.headers.get_all("WWW-Authenticate")
     assert any("stale=true" in ch and "algorithm=\"SHA-256\"" in ch for ch in challenges), challenges
-    tampered = header.replace(f'nonce="{old}"', f'nonce="{old[:-2]}AA"')
+    # Change one character in the middle (the last ones may carry only padding bits).
+    mid = len(old) // 2
+    bad = old[:mid] + ("B" if old[mid] == "A" else "A") + old[mid + 1:]
+    assert bad != old
+    tampered = header.replace(f'nonce="{old}"', f'nonce="{bad}"')
     r = https(srv, "POST", "simpleenroll", body, label="dig256", headers={**PKCS10, "Authorization": tampered})
     assert r.status == 401 and b"unknown Digest nonce" in r.body
 
 
 def test_audit_never_holds_passwords_codes_or_keys(srv: ServerProcess) -> None:
+    """Makes every row it checks (so it holds when run alone): issued with Basic,
+    with Digest and with a one-time code, refused, approved; then the raw audit
+    table holds none of the passwords, the code, the Digest HA1 values or a key."""
+    from estkit import client
     db = sqlite3.connect(srv.dir / "estkit.db")
-    rows = "\n".join(map(str, db.execute("SELECT * FROM audit").fetchall()))
+    first = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
+    code = estkit("user", "add", "audit-otc", "--dir", str(srv.dir), "--one-time", "--expires", "1d"
+                  ).stdout.decode().strip()
+    assert len(code) >= 20
+    assert enroll(srv, build_csr(generate_key("ec:P-256"), cn="audit-basic"), user=ALICE)[0].status == 200
+    assert enroll(srv, build_csr(generate_key("ec:P-256"), cn="audit-otc"), user=("audit-otc", code))[0].status == 200
+    assert enroll(srv, build_csr(generate_key("ec:P-256"), cn="mallory"), user=("bob", "pw-bob"))[0].status == 403
+    client.EstClient(f"https://localhost:{srv.port}", trust=str(srv.ca_pem), label="dig256",
+                     auth=client.DigestAuth("dig", DIGEST_PW)).enroll(cn="audit-digest")
+    r, _ = enroll(srv, build_csr(generate_key("ec:P-256"), cn="audit-held"), user=ALICE, label="held")
+    estkit("requests", "approve", str(_request_id(r.body)), "--dir", str(srv.dir), "--operator", "audit-op")
+    new = db.execute("SELECT event, identity FROM audit WHERE id > ?", (first,)).fetchall()
+    rows = "\n".join(map(str, db.execute("SELECT * FROM audit").fetchall()))  # the whole raw table
     db.close()
-    assert rows.count("issued") >= 1 and "refused" in rows
-    for secret in ("pw-alice", "pw-bob", DIGEST_PW, "PRIVATE KEY", "password"):
-        assert secret not in rows
+    for want in [("issued", "user:alice"), ("issued", "user:audit-otc"), ("issued", "user:dig"),
+                 ("refused", "user:bob"), ("pending", "user:alice"), ("approved", "operator:audit-op")]:
+        assert want in new, (want, new)
+    ha1 = [hashlib.new(h, f"dig:estkit:{DIGEST_PW}".encode()).hexdigest() for h in ("sha256", "md5")]
+    for secret in ("pw-alice", "pw-bob", DIGEST_PW, code, *ha1, "PRIVATE KEY", "password"):
+        assert secret not in rows, secret
     out = estkit("audit", "--dir", str(srv.dir), "--event", "approved").stdout.decode()
-    assert out and all(line.split("\t")[1] == "approved" for line in out.splitlines())
+    assert "operator:audit-op" in out and all(line.split("\t")[1] == "approved" for line in out.splitlines())
 
 
 @pytest.mark.parametrize("header,reason", [
@@ -258,7 +283,7 @@ def test_bouncy_castle_digest_enrolls(srv: ServerProcess, tmp_path: Path, label:
                                    pytest.param("digmd5", id="ok/client-md5")])
 def test_estkit_client_digest_enrolls(srv: ServerProcess, label: str) -> None:
     """estkit's own client (estkit.client, DigestAuth) against Digest labels."""
-    client = pytest.importorskip("estkit.client")
+    from estkit import client  # part of estkit: never skipped
     est = client.EstClient(f"https://localhost:{srv.port}", trust=str(srv.ca_pem), label=label,
                            auth=client.DigestAuth("dig", DIGEST_PW))
     _key, cert = est.enroll(cn=f"estclient-{label}")

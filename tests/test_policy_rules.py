@@ -228,6 +228,7 @@ def _config_with(tmp_path: Any, extra: str) -> Any:
     return d, load_config
 
 
+@pytest.mark.e2e  # runs `estkit init`
 @pytest.mark.parametrize("extra,message", [
     pytest.param('\n[policies.p]\ncnn = ["x"]\n', "'policies.p': unknown key 'cnn'", id="fail/unknown-key"),
     pytest.param('\n[policies.p]\nlabels = ["nope"]\n', "'policies.p.labels' names unknown label 'nope'",
@@ -245,6 +246,7 @@ def test_config_policy_errors(tmp_path: Any, extra: str, message: str) -> None:
     assert message in str(exc.value)
 
 
+@pytest.mark.e2e  # runs `estkit init`
 def test_ok_config_policies_in_file_order(tmp_path: Any) -> None:
     d, load_config = _config_with(tmp_path, '\n[policies.first]\nusers = ["a*"]\nlabels = ["default"]\n'
                                             '\n[policies.everyone]\nrate = "5/hour"\n')
@@ -256,6 +258,7 @@ def test_ok_config_policies_in_file_order(tmp_path: Any) -> None:
     assert step.policy_for(Identity(IdentityKind.USER, "alice", policy=policy_from_mapping("user:alice", {}))).name == "user:alice"  # type: ignore[union-attr]
 
 
+@pytest.mark.e2e  # runs `estkit init`
 @pytest.mark.parametrize("args,message", [
     pytest.param(["--label", "nope"], "unknown label 'nope'", id="fail/unknown-label"),
     pytest.param(["--rate", "lots"], "rate 'lots'", id="fail/rate"),
@@ -270,6 +273,7 @@ def test_cli_user_add_refuses_bad_rules(tmp_path: Any, args: list[str], message:
     assert estkit("user", "list", "--dir", str(d)).stdout == b""
 
 
+@pytest.mark.e2e  # runs `estkit init`
 def test_ok_cli_user_show_set_round_trip(tmp_path: Any) -> None:
     from support import estkit, init_server_dir
     d = init_server_dir(tmp_path / "d")
@@ -287,6 +291,7 @@ def test_ok_cli_user_show_set_round_trip(tmp_path: Any) -> None:
     assert p.returncode == 2 and b"needs the password" in p.stderr
 
 
+@pytest.mark.e2e  # runs `estkit init`
 @pytest.mark.parametrize("policy,warned", [
     pytest.param("", True, id="ok/warns-without-bootstrap-policy"),
     pytest.param('\n[policies.idevid]\nkinds = ["bootstrap"]\ncn = ["{serialNumber}"]\n', False,

@@ -15,7 +15,7 @@ from estkit.ca.ports import AuditEvent, GuardFailed, IssuedCert, IssueGuard, Use
 from estkit.store import SqlStore, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/estkit.db"

@@ -33,6 +33,10 @@ def _wrap(data: bytes, width: int, eol: bytes) -> bytes:
     pytest.param(b"  " + B64[:10] + b"\t" + B64[10:] + b" \r\n", id="ok/stray-space-tab"),
     pytest.param(b"-----BEGIN CERTIFICATE REQUEST-----\n" + _wrap(B64, 64, b"\n")
                  + b"-----END CERTIFICATE REQUEST-----\n", id="ok/pem-armour"),
+    # libest's example server ends /csrattrs with a NUL counted in Content-Length (interop-notes).
+    pytest.param(B64 + b"\x00", id="ok/trailing-nul-libest"),
+    pytest.param(B64 + b"\n\x00", id="ok/newline-then-nul"),
+    pytest.param(_wrap(B64, 64, b"\r\n") + b"\x00\x00\r\n", id="ok/wrapped-nuls-then-crlf"),
 ])
 def test_decode_b64_tolerant(body: bytes) -> None:
     assert decode_b64(body) == DER
@@ -43,6 +47,8 @@ def test_decode_b64_tolerant(body: bytes) -> None:
     pytest.param(b" \r\n", id="fail/whitespace-only"),
     pytest.param(b"not*base64!", id="fail/bad-alphabet"),
     pytest.param(B64[:-1], id="fail/truncated-padding"),
+    pytest.param(b"\x00\x00\n", id="fail/nuls-only"),
+    pytest.param(B64[:40] + b"\x00" + B64[40:], id="fail/nul-inside"),
 ])
 def test_decode_b64_rejects(body: bytes) -> None:
     with pytest.raises(BadRequest):

@@ -25,6 +25,8 @@ from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 USER, PW = "rev-user", "rev-pw-1"
 
 

@@ -24,6 +24,8 @@ from estkit.protocol.pkcs7 import parse_certs_only
 
 USER, PW = "hold-user", "hold-pw-1"
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:

@@ -15,6 +15,8 @@ import pytest
 
 from support import estkit, init_server_dir, server
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 def _established_by_pid(port: int, pids: list[int]) -> dict[int, int]:
     """How many established TCP connections on local ``port`` each pid holds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support import fresh_database
+from together import together
 
 from estkit.ca.ports import AuditEvent, Conflict, IssuedCert, PendingStatus, UserRecord
 from estkit.store import SqlStore, open_store
@@ -17,7 +17,7 @@ from estkit.store.driverinsert import DriverInsert
 from estkit.store.models import Audit
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/estkit.db"
@@ -69,13 +69,9 @@ def test_ok_users_and_one_time_consumed_once_under_concurrency(store: SqlStore) 
     store.add_user(UserRecord("dev", "scrypt$x", now, one_time=True, policy={"labels": ["default"]}))
     with pytest.raises(Conflict):
         store.add_user(UserRecord("dev", "scrypt$y", now))
-    results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(store.consume_one_time("dev", now))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results.count(True) == 1
+    # Released together at a barrier; raises if any call raised or hung.
+    results = together(8, lambda _i: store.consume_one_time("dev", now))
+    assert len(results) == 8 and results.count(True) == 1 and results.count(False) == 7
     u = store.get_user("dev")
     assert u is not None and u.used_at is not None and u.policy == {"labels": ["default"]}
     assert store.remove_user("dev") and not store.remove_user("dev")
@@ -139,7 +135,7 @@ def test_ok_driver_level_inserts_read_back_exactly(store: SqlStore) -> None:
     assert sorted((e.identity, e.at) for e in probes) == [(f"u{i}", now + timedelta(seconds=i / 2)) for i in range(3)]
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def test_ok_upgrade_records_the_enrollee_of_earlier_certificates(db: str, tmp_path: Path,
                                                                  request: pytest.FixtureRequest) -> None:
     """Migration 0004 on a store written before it: a certificate a user requested gets that user as
@@ -176,7 +172,7 @@ def test_ok_upgrade_records_the_enrollee_of_earlier_certificates(db: str, tmp_pa
         s.close()
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def test_ok_rate_window_follows_the_injected_clock(db: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """One clock for the CA and the store: a fake clock moves the recorded time and the rate window."""
     from estkit.ca.ports import GuardFailed, IssueGuard

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.ports import AuditEvent, CrlRecord, StoredCert, StoreError
 from estkit.errors import BadRequest, EstError, InternalError, NotFound
+from estkit.protocol.constants import CRL_REASONS
 
 __all__ = ["REASONS", "Revocation", "Revoked", "reason_name", "HOLD"]
 
@@ -27,9 +28,7 @@ log = logging.getLogger("estkit.ca")
 
 # RFC 5280 §5.3.1 CRLReason, by the names the CLI and the store use.
 REASONS: dict[str, x509.ReasonFlags] = {f.value: f for f in x509.ReasonFlags}
-_BY_CODE = {0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
-            5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn",
-            10: "aACompromise"}
+_BY_CODE = {code: name for name, code in CRL_REASONS.items()}
 
 
 HOLD = "certificateHold"  # RFC 5280 §5.3.1: the one reason that is not final

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -318,18 +319,27 @@ def reenroll(same_key: bool, **o: Any) -> None:
 @server_options
 @spec_options
 @click.option("--encrypt", is_flag=True, help="Have the key encrypted to the TLS client certificate (RFC 7030 §4.4.1.2).")
+@click.option("--allow-plaintext-key", is_flag=True,
+              help="With --encrypt: accept a key the server returned unencrypted (a downgrade; refused by default).")
 @handle_errors
-def serverkeygen(encrypt: bool, **o: Any) -> None:
+def serverkeygen(encrypt: bool, allow_plaintext_key: bool, **o: Any) -> None:
     """Have the server make the key and the certificate (RFC 7030 §4.4)."""
     client = make_client(o)
     if not o["key_out"]:
         raise click.UsageError("give --key-out FILE for the server-generated key")
     spec, _key = build_spec(o, client) if (o["csr_file"] or o["cn"] or o["dns"] or o["ip"]) else (None, None)
-    key, cert = client.serverkeygen(spec, encrypt=encrypt, link=o["pop"])
+    key, cert = client.serverkeygen(spec, encrypt=encrypt, link=o["pop"], allow_plaintext_key=allow_plaintext_key)
     save_pair(o, key, cert, new_key=True)
 
 
 def main() -> None:
     """Console entry point (``estclient``)."""
     from estkit.cli import client_renew  # noqa: F401  (registers renew and fullcmc)
+    warnings.formatwarning = _warning_line
     estclient(prog_name="estclient")
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """Library warnings (an unreadable /csrattrs) as one line on stderr, without source lines."""
+    return f"estclient: warning: {message}\n"

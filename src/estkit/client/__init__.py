@@ -13,7 +13,7 @@ from estkit.client.client import DEFAULT_KEY_TYPE, EstClient, PendingWait
 from estkit.client.cmc import REVOCATION_REASONS, cmc_enroll, cmc_renew, cmc_revoke
 from estkit.client.credentials import CredentialDir, remaining_fraction, renewal_due
 from estkit.client.csrspec import CsrSpec
-from estkit.client.errors import ClientError, NetworkError, ProtocolError, TrustError
+from estkit.client.errors import ClientError, CsrAttrsWarning, NetworkError, ProtocolError, TrustError
 from estkit.errors import EstError
 
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     "BootstrapOffer", "confirm_fingerprint", "sha256_fingerprint",
     "cmc_enroll", "cmc_renew", "cmc_revoke", "REVOCATION_REASONS",
     "CredentialDir", "renewal_due", "remaining_fraction",
-    "EstError", "ClientError", "NetworkError", "ProtocolError", "TrustError",
+    "EstError", "ClientError", "NetworkError", "ProtocolError", "TrustError", "CsrAttrsWarning",
 ]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,11 +22,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from estkit.client.auth import ClientCertificate, PasswordAuth
 from estkit.client.bootstrap import BootstrapOffer, Confirm
 from estkit.client.csrspec import CsrInput, CsrSpec, load_csr_input, spec_from_certificate
-from estkit.client.errors import ProtocolError, TrustError
+from estkit.client.errors import CsrAttrsWarning, ProtocolError, TrustError
 from estkit.client.responses import (certificates, error_from, issued_certificate, parse_retry_after, payload_der,
                                      read_serverkeygen)
 from estkit.client.transport import BodyFor, Endpoint, Response, Transport
-from estkit.errors import BadRequest, Pending
+from estkit.errors import BadRequest, EstError, Pending
 from estkit.protocol import constants as c
 from estkit.protocol.cmc_cms import CmsError
 from estkit.protocol.csrattrs import CsrAttrs, decode_csrattrs, key_types_from
@@ -141,10 +142,12 @@ class EstClient:
         return self._cacerts if self._cacerts is not None else self.cacerts()
 
     def csrattrs(self) -> CsrAttrs:
-        """RFC 7030 §4.5: what the CA wants in a request (empty on 204 or 404)."""
+        """RFC 7030 §4.5: what the CA wants in a request (empty on 204 or 404).
+        Raises ProtocolError when the answer cannot be read."""
         if self._csrattrs is None:
             resp = self.request("GET", c.OP_CSRATTRS, ok=(200, 204, 404))
-            if resp.status != 200 or not resp.body.strip():
+            # A body of only NULs and blanks is an empty answer (libest ends its base64 with a NUL).
+            if resp.status != 200 or not resp.body.strip(b"\x00 \t\r\n"):
                 self._csrattrs = CsrAttrs(())
             else:
                 try:
@@ -153,9 +156,24 @@ class EstClient:
                     raise ProtocolError(exc.reason) from None
         return self._csrattrs
 
+    def _advice(self) -> CsrAttrs:
+        """/csrattrs for choosing defaults: RFC 7030 §4.5.2 makes it advice, so an
+        unreadable answer (malformed, or refused by the server) is a warning and
+        the defaults apply; it never stops an enrollment that can do without it.
+        Network and trust failures still stop it: the enrollment would fail too."""
+        try:
+            return self.csrattrs()
+        except EstError as exc:
+            if not (isinstance(exc, ProtocolError) or exc.status >= 400):
+                raise
+            warnings.warn(f"unreadable /csrattrs ({exc.reason}); going on with the defaults "
+                          f"(key type {DEFAULT_KEY_TYPE}, no linking)", CsrAttrsWarning, stacklevel=3)
+            self._csrattrs = CsrAttrs(())  # warn once per client
+            return self._csrattrs
+
     def key_type(self) -> str:
         """The key type /csrattrs asks for first (RFC 9908), else ``ec:P-256``."""
-        wanted = key_types_from(self.csrattrs())
+        wanted = key_types_from(self._advice())
         return wanted[0] if wanted else DEFAULT_KEY_TYPE
 
     def new_key(self, key_type: str | None = None) -> CertificateIssuerPrivateKeyTypes:
@@ -164,7 +182,7 @@ class EstClient:
 
     def linking_required(self) -> bool:
         """True when /csrattrs lists challengePassword (RFC 7030 §3.5)."""
-        return c.OID_CHALLENGE_PASSWORD.dotted_string in self.csrattrs().oids()
+        return c.OID_CHALLENGE_PASSWORD.dotted_string in self._advice().oids()
 
     # -- RFC 7030 §4.2 enrollment -------------------------------------------------
 
@@ -235,11 +253,13 @@ class EstClient:
     # -- RFC 7030 §4.4 server-side key generation ------------------------------------
 
     def serverkeygen(self, csr: CsrInput | None = None, *, cn: str | None = None, dns: Sequence[str] = (),
-                     ips: Sequence[str] = (), encrypt: bool = False,
-                     link: bool | None = None) -> tuple[PrivateKeyTypes, x509.Certificate]:
+                     ips: Sequence[str] = (), encrypt: bool = False, link: bool | None = None,
+                     allow_plaintext_key: bool = False) -> tuple[PrivateKeyTypes, x509.Certificate]:
         """RFC 7030 §4.4: the server makes the key.  ``encrypt`` asks for it
         encrypted to the TLS client certificate (AsymmetricDecryptKeyIdentifier,
-        §4.4.1.2); an encrypted answer is opened with ``client_cert``'s key."""
+        §4.4.1.2); an encrypted answer is opened with ``client_cert``'s key.
+        With ``encrypt``, a plaintext key in the answer is a downgrade and raises
+        ProtocolError unless ``allow_plaintext_key``."""
         spec = csr if csr is not None else CsrSpec(None, cn, None, tuple(dns), tuple(ips))
         key_id = None
         if encrypt:
@@ -248,7 +268,8 @@ class EstClient:
             key_id = _key_identifier(self.client_cert.certificate())
         body_for, _pub, tls12, _k = self._csr_body(spec, link, decrypt_key_id=key_id)
         resp = self.request("POST", c.OP_SERVERKEYGEN, body_for=body_for, content_type=c.CT_PKCS10, tls12=tls12)
-        return read_serverkeygen(resp.body, resp.header("Content-Type"), self._open_server_key)
+        return read_serverkeygen(resp.body, resp.header("Content-Type"), self._open_server_key,
+                                 require_encrypted=encrypt and not allow_plaintext_key)
 
     def _open_server_key(self, der: bytes) -> bytes:
         if self.client_cert is None:

@@ -23,10 +23,9 @@ from estkit.protocol.framing import encode_b64, media_type
 
 __all__ = ["cmc_enroll", "cmc_renew", "cmc_revoke", "REVOCATION_REASONS"]
 
-# RFC 5280 §5.3.1 CRLReason codes, by the names `estkit revoke` uses.
-REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,
-                      "superseded": 4, "cessationOfOperation": 5, "certificateHold": 6, "privilegeWithdrawn": 9,
-                      "aACompromise": 10}
+# RFC 5280 §5.3.1 CRLReason codes a revokeRequest may carry (removeFromCRL is a
+# CRL entry's, not a request's).
+REVOCATION_REASONS = {name: code for name, code in c.CRL_REASONS.items() if name != "removeFromCRL"}
 
 
 def _send(client: EstClient, req: CmcRequest) -> CmcReply:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from estkit.errors import EstError
 
-__all__ = ["ClientError", "NetworkError", "TrustError", "ProtocolError"]
+__all__ = ["ClientError", "NetworkError", "TrustError", "ProtocolError", "CsrAttrsWarning"]
 
 
 class ClientError(EstError):
@@ -38,3 +38,8 @@ class TrustError(ClientError):
 class ProtocolError(ClientError):
     """The server answered something RFC 7030 does not allow (malformed payload,
     wrong media type, a 202 without Retry-After, a certificate for another key)."""
+
+
+class CsrAttrsWarning(UserWarning):
+    """/csrattrs could not be read; the client went on with its defaults
+    (RFC 7030 §4.5.2: the attributes are advice, not a precondition)."""

@@ -87,14 +87,22 @@ def load_server_key(der: bytes) -> PrivateKeyTypes:
 
 
 def read_serverkeygen(body: bytes, content_type: str | None,
-                      open_encrypted: Callable[[bytes], bytes] | None = None) -> tuple[PrivateKeyTypes, x509.Certificate]:
+                      open_encrypted: Callable[[bytes], bytes] | None = None, *,
+                      require_encrypted: bool = False) -> tuple[PrivateKeyTypes, x509.Certificate]:
     """The key and certificate of a /serverkeygen answer (RFC 7030 §4.4.2): parts
     in either order, CRLF or LF, quoted or bare boundary; an encrypted key part is
-    handed to ``open_encrypted`` (which returns the DER PrivateKeyInfo)."""
+    handed to ``open_encrypted`` (which returns the DER PrivateKeyInfo).
+    ``require_encrypted``: a plaintext key part raises ProtocolError."""
     try:
         parts = parse_serverkeygen(body, content_type)
     except BadRequest as exc:
         raise ProtocolError(f"serverkeygen response: {exc.reason}") from None
+    if require_encrypted and parts.key_kind != KEY_ENCRYPTED:
+        # RFC 7030 §4.4.1.2: the key was asked for encrypted; a server that ignores
+        # that sent it readable to anyone between it and us: refuse the downgrade.
+        raise ProtocolError("serverkeygen: asked for an encrypted key (RFC 7030 §4.4.1.2) but the server "
+                            f"returned it in plaintext ({c.CT_PKCS8}); accept that only with "
+                            "--allow-plaintext-key (library: allow_plaintext_key=True)")
     key_der = parts.key_der
     if parts.key_kind == KEY_ENCRYPTED:
         if open_encrypted is None:

@@ -25,6 +25,7 @@ from pyasn1_modules import rfc5280, rfc6402
 
 from estkit.errors import BadRequest, FailInfo
 from estkit.protocol import constants as c
+from estkit.protocol.der import SEQUENCE, der_tlv
 
 __all__ = [
     "SUCCESS", "FAILED", "PENDING", "NO_SUPPORT", "FAIL_INFO", "fail_name",
@@ -123,7 +124,7 @@ class PKIResponse:
 
 # -- a minimal DER reader (for the parts pyasn1-modules cannot decode) -----------------
 
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int, int]:
+def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int, int]:
     """``(tag, header_end, end, start)`` of the TLV at ``pos``."""
     if pos + 2 > len(data):
         raise CmcError("truncated DER")
@@ -147,7 +148,7 @@ def read_tlvs(data: bytes) -> list[tuple[int, bytes, bytes]]:
     out = []
     pos = 0
     while pos < len(data):
-        tag, hdr, end, start = _tlv(data, pos)
+        tag, hdr, end, start = _read_tlv(data, pos)
         out.append((tag, data[hdr:end], data[start:end]))
         pos = end
     return out
@@ -245,8 +246,8 @@ def ctl_get_cert(bpid: int, issuer: x509.Name, serial: int) -> Control:
     """RFC 5272 §6.9 getCert, the issuer as a directoryName (``[4]``, explicit:
     Name is a CHOICE)."""
     name = issuer.public_bytes()
-    body = b"\xa4" + _len(len(name)) + name + encoder.encode(univ.Integer(serial))
-    return Control(bpid, c.OID_CMC_GET_CERT.dotted_string, (b"\x30" + _len(len(body)) + body,))
+    body = der_tlv(0xA4, name) + encoder.encode(univ.Integer(serial))
+    return Control(bpid, c.OID_CMC_GET_CERT.dotted_string, (der_tlv(SEQUENCE, body),))
 
 
 def decode_revoke_request(ctl: Control) -> tuple[bytes, int, int, str | None]:
@@ -340,13 +341,6 @@ def _tagged_attributes(controls: Sequence[Control]) -> univ.SequenceOf:
     return seq
 
 
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
 def encode_req_sequence(requests: Sequence[TaggedRequest]) -> bytes:
     """DER of the reqSequence (what identityProofV2's witness covers)."""
     out: list[bytes] = []
@@ -362,7 +356,7 @@ def encode_req_sequence(requests: Sequence[TaggedRequest]) -> bytes:
             raise ValueError(f"unknown request kind {r.kind}")
         out.append(encoder.encode(tr))
     body = b"".join(out)
-    return b"\x30" + _len(len(body)) + body
+    return der_tlv(SEQUENCE, body)
 
 
 def _crm_value(der: bytes) -> object:
@@ -378,7 +372,7 @@ def encode_pkidata(controls: Sequence[Control], requests: Sequence[TaggedRequest
     reqs = encode_req_sequence(requests)
     empty = b"\x30\x00"
     body = ctl + reqs + empty + empty
-    return b"\x30" + _len(len(body)) + body, reqs
+    return der_tlv(SEQUENCE, body), reqs
 
 
 def decode_pkidata(der: bytes) -> PKIData:
@@ -414,7 +408,7 @@ def encode_pkiresponse(controls: Sequence[Control]) -> bytes:
     """DER of a PKIResponse with these controls and empty cms/other sequences."""
     ctl = bytes(encoder.encode(_tagged_attributes(controls)))
     body = ctl + b"\x30\x00\x30\x00"
-    return b"\x30" + _len(len(body)) + body
+    return der_tlv(SEQUENCE, body)
 
 
 def decode_pkiresponse(der: bytes) -> PKIResponse:

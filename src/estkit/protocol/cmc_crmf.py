@@ -28,6 +28,7 @@ from pyasn1.type import univ
 
 from estkit.protocol import constants as c
 from estkit.protocol.cmc import CmcError, read_tlvs
+from estkit.protocol.der import der_tlv
 
 __all__ = ["CrmfRequest", "build_crmf", "parse_crmf", "name_from_der"]
 
@@ -49,14 +50,6 @@ class CrmfRequest:
     pop_valid: bool
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + body
-
-
 def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> tuple[str, bytes]:
     if isinstance(key, rsa.RSAPrivateKey):
         return _SIG_OIDS["rsa"], key.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -68,23 +61,23 @@ def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> tuple[str, byte
 
 
 def _alg_der(oid: str) -> bytes:
-    return _tlv(0x30, encoder.encode(univ.ObjectIdentifier(oid)))
+    return der_tlv(0x30, encoder.encode(univ.ObjectIdentifier(oid)))
 
 
 def build_crmf(key: CertificateIssuerPrivateKeyTypes, *, cert_req_id: int, subject: x509.Name,
                dns: Sequence[str] = ()) -> bytes:
     """DER of a CertReqMsg for ``key`` with a signature proof of possession."""
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    template = _tlv(0xA5, subject.public_bytes()) + _tlv(0xA6, read_tlvs(spki)[0][1])
+    template = der_tlv(0xA5, subject.public_bytes()) + der_tlv(0xA6, read_tlvs(spki)[0][1])
     if dns:
         san = x509.SubjectAlternativeName([x509.DNSName(d) for d in dns])
-        ext = _tlv(0x30, encoder.encode(univ.ObjectIdentifier(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string))
-                   + _tlv(0x04, san.public_bytes()))
-        template += _tlv(0xA9, ext)
-    cert_req = _tlv(0x30, encoder.encode(univ.Integer(cert_req_id)) + _tlv(0x30, template))
+        ext = der_tlv(0x30, encoder.encode(univ.ObjectIdentifier(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string))
+                   + der_tlv(0x04, san.public_bytes()))
+        template += der_tlv(0xA9, ext)
+    cert_req = der_tlv(0x30, encoder.encode(univ.Integer(cert_req_id)) + der_tlv(0x30, template))
     alg, sig = _sign(key, cert_req)
-    popo = _tlv(0xA1, _alg_der(alg) + _tlv(0x03, b"\x00" + sig))
-    return _tlv(0x30, cert_req + popo)
+    popo = der_tlv(0xA1, _alg_der(alg) + der_tlv(0x03, b"\x00" + sig))
+    return der_tlv(0x30, cert_req + popo)
 
 
 def name_from_der(der: bytes) -> x509.Name:
@@ -153,7 +146,7 @@ def parse_crmf(der: bytes) -> CrmfRequest:
         if 0xA5 not in fields or 0xA6 not in fields:
             raise CmcError("the CRMF certTemplate must carry subject and publicKey (RFC 5272 §3.2.1.2.2)")
         subject = name_from_der(fields[0xA5][0])
-        public_key = serialization.load_der_public_key(_tlv(0x30, fields[0xA6][0]))
+        public_key = serialization.load_der_public_key(der_tlv(0x30, fields[0xA6][0]))
         san = None
         if 0xA9 in fields:
             for _t, ext, _w in read_tlvs(fields[0xA9][0]):

@@ -13,7 +13,7 @@ __all__ = [
     "OID_CHALLENGE_PASSWORD", "OID_EXTENSION_REQUEST", "OID_KP_CMC_RA",
     "OID_CHANGE_SUBJECT_NAME", "OID_DECRYPT_KEY_ID", "OID_ASYMM_DECRYPT_KEY_ID",
     "OID_EC_PUBLIC_KEY", "OID_RSA_ENCRYPTION", "OID_ED25519", "OID_SECP256R1", "OID_SECP384R1",
-    "OID_ECDSA_SHA256", "OID_ECDSA_SHA384", "OID_SHA256_RSA",
+    "OID_ECDSA_SHA256", "OID_ECDSA_SHA384", "OID_SHA256_RSA", "CRL_REASONS",
 ]
 
 # RFC 7030 §3.2.2: every operation lives under this prefix, optionally after a CA label.
@@ -106,3 +106,11 @@ OID_ECDH_SHA384_KDF = ObjectIdentifier("1.3.132.1.11.2")
 # RFC 5280 §4.2.1.13 / RFC 2585: CRLs over plain HTTP, DER.
 CT_PKIX_CRL = "application/pkix-crl"
 CRL_PATH = "/crl"
+
+# RFC 5280 §5.3.1 CRLReason codes by their ASN.1 names (the names `estkit revoke`,
+# the store and `estclient fullcmc revoke` use); 7 is unused.
+CRL_REASONS: dict[str, int] = {
+    "unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3, "superseded": 4,
+    "cessationOfOperation": 5, "certificateHold": 6, "removeFromCRL": 8, "privilegeWithdrawn": 9,
+    "aACompromise": 10,
+}

@@ -106,7 +106,8 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
     try:
         seq, rest = decoder.decode(der, asn1Spec=rfc7030.CsrAttrs(), decodeOpenTypes=False)
     except PyAsn1Error as exc:
-        raise BadRequest(f"not a CsrAttrs structure: {exc}") from None
+        # pyasn1's message dumps whole schemas: keep the reason one short line.
+        raise BadRequest("not a CsrAttrs structure (RFC 7030 §4.5.2: a DER SEQUENCE OF AttrOrOID)") from None
     if rest:
         raise BadRequest("trailing data after CsrAttrs")
     out: list[CsrAttribute] = []

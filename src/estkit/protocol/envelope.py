@@ -36,6 +36,7 @@ from pyasn1_modules import rfc5280, rfc5652, rfc5753
 
 from estkit.errors import BadRequest
 from estkit.protocol import constants as c
+from estkit.protocol.der import SEQUENCE, der_tlv
 from estkit.protocol.cmc_cms import (CmsError, content_info, parse_signed, sign_content, unwrap_content_info,
                                      verify_signed)
 
@@ -207,13 +208,7 @@ def _try_recipient(ri: rfc5652.RecipientInfo, key: PrivateKeyTypes) -> bytes | N
 
 def key_package(private_key_der: bytes) -> bytes:
     """RFC 5958 AsymmetricKeyPackage holding one PKCS#8 PrivateKeyInfo."""
-    n = len(private_key_der)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return b"\x30" + length + private_key_der
+    return der_tlv(SEQUENCE, private_key_der)  # SEQUENCE OF OneAsymmetricKey
 
 
 def private_key_from_package(der: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 RFC 8951 §3: every EST payload is base64 of DER whatever the
 Content-Transfer-Encoding header says.  Receivers accept CR, LF, space and
-tab inside the base64 (and, for interop, PEM armour); senders emit the one
+tab inside the base64 (and, for interop, PEM armour, and trailing NUL bytes:
+libest's example server ends /csrattrs with one); senders emit the one
 framing every known peer accepts: base64 on one line followed by a newline
 (see interop-notes: strongSwan fails on wrapped lines, libest on no newline).
 """
@@ -19,6 +20,7 @@ __all__ = ["encode_b64", "decode_b64", "media_type", "media_params"]
 
 _PEM = re.compile(rb"-----BEGIN [A-Z0-9 #]+-----(.*?)-----END [A-Z0-9 #]+-----", re.S)
 _WS = re.compile(rb"[\s]+")
+_TRAILER = b"\x00 \t\r\n\x0b\x0c"
 
 
 def encode_b64(der: bytes) -> bytes:
@@ -28,8 +30,12 @@ def encode_b64(der: bytes) -> bytes:
 
 def decode_b64(body: bytes, what: str = "body") -> bytes:
     """Decode an EST payload: base64, wrapped or not, CRLF or LF, with stray
-    spaces or tabs, optionally inside PEM armour.  Raises BadRequest."""
-    if not body or not body.strip():
+    spaces or tabs, optionally inside PEM armour, trailing NULs tolerated.
+    Raises BadRequest."""
+    # interop-notes: libest's estserver sends /csrattrs as base64 + NUL (counted
+    # in Content-Length).  Only trailing NULs: one inside the data stays an error.
+    body = body.rstrip(_TRAILER)
+    if not body:
         raise BadRequest(f"empty {what}")
     m = _PEM.search(body)
     data = m.group(1) if m else body

@@ -10,7 +10,9 @@ process and node accepts them: a timestamp and random bytes, authenticated
 with an HMAC under a key from ``DIR/digest-secret`` (shared by every worker;
 copy it to every node).  An expired but genuine nonce gets a new challenge
 with ``stale=true`` (RFC 7616 §3.3), so the client retries without asking
-for the password again.  Nonce counts are not tracked (that would need shared
+for the password again.  The ``uri`` must be the request-target, or, for
+libest's client, the same operation without the label (see ``uri_matches``).
+Nonce counts are not tracked (that would need shared
 state); replay within a nonce's lifetime is left to TLS to prevent.
 """
 
@@ -34,8 +36,9 @@ from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import Identity
 from estkit.ca.passwords import DIGEST_HASHES
 from estkit.errors import Unauthorized
+from estkit.protocol import constants as c
 
-__all__ = ["DigestAuth", "parse_digest", "load_secret", "SECRET_FILE"]
+__all__ = ["DigestAuth", "parse_digest", "load_secret", "uri_matches", "SECRET_FILE"]
 
 SECRET_FILE = "digest-secret"
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
@@ -74,6 +77,21 @@ def parse_digest(header: str | None) -> dict[str, str] | None:
         out[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
         pos = m.end()
     return out
+
+
+def uri_matches(uri: str, target: str, label: str | None) -> bool:
+    """RFC 7616 §3.4.6: the Digest ``uri`` is the request-target itself.  One
+    alias, for libest's client (interop-notes): it sends to
+    ``/.well-known/est/<label>/<op>`` but computes ``uri`` over
+    ``/.well-known/est/<op>``, the same operation with the label removed.
+    Nothing wider: another operation, label or form is a mismatch."""
+    if uri == target:
+        return True
+    if not label:
+        return False
+    prefix = f"{c.WELL_KNOWN}/{label}/"
+    op = target[len(prefix):] if target.startswith(prefix) else ""
+    return op in c.OPERATIONS and uri == f"{c.WELL_KNOWN}/{op}"
 
 
 class DigestAuth:
@@ -135,7 +153,7 @@ class DigestAuth:
             raise Unauthorized(f"Digest algorithm {alg} is not offered here (offered: {', '.join(algs)})")
         if params["realm"] != self.realm or params["qop"] != "auth":
             raise Unauthorized("Digest credentials for another realm or qop")
-        if params["uri"] != request.raw_path:  # RFC 7616 §3.4.6: the request-target itself
+        if not uri_matches(params["uri"], request.raw_path, label):  # RFC 7616 §3.4.6
             raise Unauthorized("Digest uri does not match the request")
         state = self._nonce_state(params["nonce"])
         if state == "stale":

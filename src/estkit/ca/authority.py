@@ -79,6 +79,9 @@ class CertificateAuthority:
         self.store = store
         self.default_label = default_label
         self.validators = tuple(validators)
+        # Revokes a renewed certificate on a revoke_superseded label (set by the wiring to
+        # estkit.ca.revocation, which is built on this CA and publishes the CRL).
+        self.supersede: Callable[[int, RequestContext], None] | None = None
         self.authorize = authorize if authorize is not None else Authorize()
         self.clock = clock
         self._passwords = VerifyCache()
@@ -177,14 +180,29 @@ class CertificateAuthority:
             grant = self.authorize(req)
             key = public_key if public_key is not None else request.public_key
             if profile.manual_approval:
-                return self._approval_gate(req, key, grant)
-            return self._issue(req, key, grant)
+                cert = self._approval_gate(req, key, grant)
+            else:
+                cert = self._issue(req, key, grant)
         except EstError as exc:
             if exc.status >= 400:
                 self._audit_quietly(AuditEvent(event="refused", identity=str(ctx.identity), peer=ctx.peer,
                                                label=profile.label, csr_fingerprint=request.fingerprint,
                                                detail=f"{operation.value}: {exc.status} {exc.reason}"))
             raise
+        if renew and profile.revoke_superseded:
+            self._revoke_superseded(ctx)
+        return cert
+
+    def _revoke_superseded(self, ctx: RequestContext) -> None:
+        """The renewed certificate, now replaced and recorded, is revoked as superseded.
+        The new certificate is already the client's: a failure here is logged, not returned."""
+        old = ctx.client_cert.certificate if ctx.client_cert is not None else None
+        if old is None or self.supersede is None:
+            return
+        try:
+            self.supersede(old.serial_number, ctx)
+        except (EstError, StoreError) as exc:
+            log.error("could not revoke superseded certificate %x: %s", old.serial_number, exc)
 
     def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes, grant: Grant) -> x509.Certificate:
         ca = self.cas[req.profile.ca]

@@ -75,6 +75,8 @@ class Profile:
     cmc_secrets_file: str | None = None
     # RFC 7616 HTTP Digest offered on this label besides Basic, e.g. ["SHA-256", "MD5"] (off when empty).
     digest_auth: tuple[str, ...] = ()
+    # A renewal revokes the certificate it renews (reason superseded) once the new one is recorded.
+    revoke_superseded: bool = False
 
     @property
     def issues_ra(self) -> bool:

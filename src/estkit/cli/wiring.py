@@ -10,6 +10,7 @@ from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
+from estkit.ca.identity import RequestContext
 from estkit.ca.ports import utc_now
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
@@ -92,7 +93,12 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     from estkit.server.handlers_cmc import register_cmc
     from estkit.server.handlers_keygen import register_keygen
     register_keygen(server, ServerKeyGen(ca))
-    register_cmc(server, CmcService(ca, build_revocation(ca), load_cmc_secrets(config)))
+    revocation = build_revocation(ca)
+
+    def supersede(serial: int, ctx: RequestContext) -> None:  # revoke_superseded labels (RFC 5280 §5.3.1)
+        revocation.revoke(serial, "superseded", identity=str(ctx.identity), peer=ctx.peer)
+    ca.supersede = supersede
+    register_cmc(server, CmcService(ca, revocation, load_cmc_secrets(config)))
     return server
 
 

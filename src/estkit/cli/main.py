@@ -144,7 +144,8 @@ Stop with Ctrl-C.
 def _register_extensions() -> None:
     """Subcommands that live in their own modules."""
     import importlib
-    for mod in ("estkit.cli.admin", "estkit.cli.ca_cmds", "estkit.cli.certs", "estkit.cli.policy_cmds"):
+    for mod in ("estkit.cli.admin", "estkit.cli.ca_cmds", "estkit.cli.certs", "estkit.cli.policy_cmds",
+                "estkit.cli.backup"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

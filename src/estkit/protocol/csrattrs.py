@@ -17,6 +17,7 @@ from pyasn1_modules import rfc5652, rfc7030
 
 from estkit.errors import BadRequest
 from estkit.protocol import constants as c
+from estkit.protocol.malformed import reason
 
 __all__ = ["CsrAttribute", "CsrAttrs", "encode_csrattrs", "decode_csrattrs", "key_type_attribute",
            "key_types_from"]
@@ -106,7 +107,7 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
     try:
         seq, rest = decoder.decode(der, asn1Spec=rfc7030.CsrAttrs(), decodeOpenTypes=False)
     except PyAsn1Error as exc:
-        raise BadRequest(f"not a CsrAttrs structure: {exc}") from None
+        raise BadRequest(f"not a CsrAttrs structure: {reason(exc)}") from None
     if rest:
         raise BadRequest("trailing data after CsrAttrs")
     out: list[CsrAttribute] = []

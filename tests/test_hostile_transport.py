@@ -272,6 +272,8 @@ def test_held_connections_cannot_lock_out_new_clients(srv: ServerProcess) -> Non
     pytest.param(["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"], "unsupported protocol", id="fail/tls1.1"),
     pytest.param(["-tls1_2", "-cipher", "AES128-SHA:@SECLEVEL=0"], "no shared cipher", id="fail/weak-suite"),
     pytest.param(["-foreign-cert"], "client certificate refused", id="fail/foreign-client-cert"),
+    pytest.param(["-expired-cert"], "client certificate refused: certificate has expired",
+                 id="fail/expired-client-cert"),
 ])
 def test_refused_handshake_is_logged(srv: ServerProcess, tmp_path: Path, args: list[str], reason: str) -> None:
     require_tool("openssl")
@@ -280,6 +282,10 @@ def test_refused_handshake_is_logged(srv: ServerProcess, tmp_path: Path, args: l
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-subj", "/CN=foreign", "-days", "1"])
         args = ["-cert", str(cert), "-key", str(key), "-tls1_2"]
+    elif args == ["-expired-cert"]:
+        key, cert = tmp_path / "e.key", tmp_path / "e.pem"
+        _expired_client_cert(srv, key, cert)
+        args = ["-cert", str(cert), "-key", str(key), "-tls1_2"]
     before = len(srv.log())
     p = run(["openssl", "s_client", *args, "-connect", f"127.0.0.1:{srv.port}", "-servername", "localhost"],
             input=b"", check=False, timeout=20)
@@ -287,6 +293,39 @@ def test_refused_handshake_is_logged(srv: ServerProcess, tmp_path: Path, args: l
     time.sleep(0.3)
     new = srv.log()[before:]
     assert re.search(rf"127\.0\.0\.1:\d+ - tls-handshake - refused [\d.]+ms .*{reason}", new), new
+
+
+def _expired_client_cert(srv: ServerProcess, key_path: Path, cert_path: Path) -> None:
+    """A client certificate issued by this server's CA that expired yesterday."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca_cert = x509.load_pem_x509_certificate((srv.dir / "ca" / "root.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((srv.dir / "ca" / "root.key").read_bytes(), None)
+    key = generate_key("ec:P-256")
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_malformed_flood_logs_less_than_it_sends(srv: ServerProcess) -> None:
+    """A flood of unparsable requests: the log grows by less than the flood."""
+    before = len(srv.log())
+    raw = b"GET /" + b"x" * 200 + b" HTTP/1.1\r\nBad Header Line\r\n\r\n"
+    ctx = _ctx(srv)
+    for _ in range(150):
+        send(srv.port, ctx, raw, timeout=5)
+    time.sleep(0.3)
+    grew = len(srv.log()) - before
+    assert grew < len(raw) * 150 // 4, grew
 
 
 def test_refusal_log_is_rate_limited(srv: ServerProcess) -> None:
@@ -336,3 +375,32 @@ def test_one_time_code_and_password_never_logged(tmp_path: Path) -> None:
         log = s.log()
     for secret in (PW, code, AUTH.split()[1], otp.split()[1]):
         assert secret not in log
+
+
+def test_held_connections_under_a_low_open_file_limit(tmp_path: Path) -> None:
+    """The issue's case: with 256 descriptors, 240 held connections made every
+    new enrollment fail.  Here 128 descriptors, max_connections from the
+    limit (0: 96), 120 held connections: new clients still enroll."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def conf(doc: dict[str, Any]) -> None:
+        doc["server"].update({**LIMITS, "max_connections": 0})
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the server
+    try:
+        cm = server(tmp_path / "d", users={USER: PW}, configure=conf)
+        s = cm.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        held = [_hold(s, "half-header" if i % 2 else "handshake-only") for i in range(120)]
+        try:
+            for i in range(3):
+                ans = send(s.port, _ctx(s), _post_csr(_csr(f"low-fd-{i}")), timeout=5)
+                assert ans.status == 200, ans
+        finally:
+            for h in held:
+                h.close()
+    finally:
+        cm.__exit__(None, None, None)

@@ -127,14 +127,20 @@ class ConnectionTable:
         """Register ``conn`` (idle), closing the longest-idle connection when
         full; False when every connection is busy."""
         while self.count >= self.limit:
-            if not self.idle:
+            if not self.evict_oldest():
                 return False
-            oldest = next(iter(self.idle))
-            self.drop(oldest)
-            oldest.close()
         conn.registered = True
         self.count += 1
         self.idle[conn] = None
+        return True
+
+    def evict_oldest(self) -> bool:
+        """Close the connection idle longest; False when none is idle."""
+        if not self.idle:
+            return False
+        oldest = next(iter(self.idle))
+        self.drop(oldest)
+        oldest.close()
         return True
 
     def busy(self, conn: _Conn) -> None:
@@ -293,9 +299,12 @@ class _Handshake:
         self.task: asyncio.Task[None] | None = None
 
     def _close(self) -> None:
+        # Abort, not close: a graceful TLS close waits for the idle peer's
+        # close_notify and holds the descriptor meanwhile, which is what the
+        # eviction is meant to free.
         if self.http is not None:
             if self.http.transport is not None:
-                self.http.force_close()
+                self.http.transport.abort()
         elif self.task is not None:
             self.task.cancel()  # connect_accepted_socket closes the connection
 
@@ -305,8 +314,11 @@ class _Handshake:
         t0 = time.perf_counter()
         http = HttpProtocol(site.server, loop=loop, limits=site.limits, table=site.table, conn=self.conn)
         try:
+            # The shutdown timeout bounds a graceful close too (a peer that never
+            # answers close_notify would hold the descriptor for 30 s).
             await loop.connect_accepted_socket(lambda: http, self.sock, ssl=site.ssl_context,
-                                               ssl_handshake_timeout=site.limits.handshake_timeout)
+                                               ssl_handshake_timeout=site.limits.handshake_timeout,
+                                               ssl_shutdown_timeout=site.limits.handshake_timeout)
         except asyncio.CancelledError:
             site.table.drop(self.conn)
             self.sock.close()
@@ -378,9 +390,11 @@ class EstSite(web.BaseSite):
             try:
                 sock, addr = await loop.sock_accept(self._sock)
             except OSError as exc:
-                # EMFILE/ENFILE: out of descriptors; wait for some to close rather than spin.
+                # EMFILE/ENFILE: out of descriptors.  Free one by closing the
+                # connection idle longest; if none is idle, wait rather than spin.
                 refusal_log("- - accept - refused 0.0ms %s", os.strerror(exc.errno or 0).lower())
-                await asyncio.sleep(0.1)
+                if not self.table.evict_oldest():
+                    await asyncio.sleep(0.1)
                 continue
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else "-"
             hs = _Handshake(self, sock, peer)

@@ -11,7 +11,7 @@ from estkit.config import Config, split_listen
 from estkit.protocol.constants import CRL_PATH
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
-from estkit.server.transport import Limits, auto_max_connections
+from estkit.server.connections import Limits, auto_max_connections
 
 __all__ = ["run_server"]
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from estkit.server.transport import EstSite, Limits
+from estkit.server.connections import Limits
+from estkit.server.transport import EstSite
 
 __all__ = ["serve", "bind"]
 

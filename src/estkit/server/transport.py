@@ -5,14 +5,14 @@ Why this hooks below aiohttp's sites (issue 11, hostile and broken clients):
 
 - ``web.SockSite`` passes no ``ssl_handshake_timeout``, and asyncio's (and
   uvloop's) SSL protocol drops a refused handshake silently: the application
-  protocol never hears of it.  Here each connection is accepted as plain TCP
-  and upgraded with ``loop.start_tls``, which bounds the handshake and raises
-  the refusal, so it is logged (one line, rate-limited).
+  protocol never hears of it.  Here the site accepts connections itself and
+  wraps each with ``loop.connect_accepted_socket``, which bounds the
+  handshake and raises the refusal, so it is logged (one line, rate-limited).
 - aiohttp has an idle keep-alive timeout but no header-read timeout: a client
   that sends half its headers holds the connection for the keep-alive time.
-- Held connections must not lock out new clients: each worker keeps at most
-  ``max_connections`` open and closes the connection idle longest to admit a
-  new one.
+- Held connections must not lock out new clients: the accept loop admits
+  each connection into the worker's ConnectionTable (server/connections.py),
+  which closes the connection idle longest when the bound is reached.
 - aiohttp answers a request it cannot parse with its parser's message (raw
   request bytes, parser internals) and logs a traceback that may hold the
   request's headers, Authorization included.  Here such a request gets one
@@ -27,73 +27,20 @@ import os
 import socket
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import http_exceptions, web
 from aiohttp.http import HttpVersion11
 
-__all__ = ["Limits", "ConnectionTable", "EstSite", "HttpProtocol", "SERVER_HEADER", "SUPPORTED_VERSIONS",
-           "answer_as_http11", "auto_max_connections", "server_header"]
+from estkit.server.connections import Conn, ConnectionTable, Limits, refusal_log
 
-access = logging.getLogger("estkit.access")
+__all__ = ["EstSite", "HttpProtocol", "SERVER_HEADER", "SUPPORTED_VERSIONS", "answer_as_http11", "server_header"]
+
+log = logging.getLogger("estkit.server")
 
 # RFC 9110 §10.2.4: the Server header is optional; a fixed one names no versions.
 SERVER_HEADER = "estkit"
 SUPPORTED_VERSIONS = ((1, 0), (1, 1))
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-connection timeouts (seconds) and the per-worker connection bound."""
-
-    handshake_timeout: float = 10.0
-    header_timeout: float = 15.0
-    keepalive_timeout: float = 30.0
-    max_connections: int = 1024
-    max_body: int = 65536
-
-
-def auto_max_connections() -> int:
-    """The bound when the configuration says 0: three quarters of the open-file
-    limit (the rest is for the store, logs and files), at most 1024."""
-    try:
-        import resource
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, ValueError, OSError):
-        return 1024
-    if soft == resource.RLIM_INFINITY:
-        return 1024
-    return max(8, min(1024, soft * 3 // 4))
-
-
-class _RateLimitedLog:
-    """At most ``rate`` lines a second (bursts of ``burst``); what is dropped
-    is counted and reported with the next line that gets through."""
-
-    def __init__(self, rate: float = 10.0, burst: int = 20) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-        self.dropped = 0
-
-    def __call__(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            self.dropped += 1
-            return
-        self.tokens -= 1
-        if self.dropped:
-            access.info("(%d more lines like the next one were not logged)", self.dropped)
-            self.dropped = 0
-        access.info(msg, *args)
-
-
-refusal_log = _RateLimitedLog()
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str:
@@ -101,66 +48,6 @@ def _peer(transport: asyncio.BaseTransport | None) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return "-"
-
-
-class _Conn:
-    """One accepted connection as the table sees it."""
-
-    __slots__ = ("close", "registered")
-
-    def __init__(self, close: Callable[[], None]) -> None:
-        self.close = close
-        self.registered = False
-
-
-class ConnectionTable:
-    """The open connections of one worker; the idle ones in the order they
-    became idle, so that the one idle longest is closed first when the bound
-    is reached.  A connection is idle unless a request is being handled."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.idle: OrderedDict[_Conn, None] = OrderedDict()
-
-    def admit(self, conn: _Conn) -> bool:
-        """Register ``conn`` (idle), closing the longest-idle connection when
-        full; False when every connection is busy."""
-        while self.count >= self.limit:
-            if not self.evict_oldest():
-                return False
-        conn.registered = True
-        self.count += 1
-        self.idle[conn] = None
-        return True
-
-    def evict_oldest(self) -> bool:
-        """Close the connection idle longest; False when none is idle."""
-        if not self.idle:
-            return False
-        oldest = next(iter(self.idle))
-        self.drop(oldest)
-        oldest.close()
-        return True
-
-    def busy(self, conn: _Conn) -> None:
-        self.idle.pop(conn, None)
-
-    def rest(self, conn: _Conn) -> None:
-        if conn.registered:
-            self.idle[conn] = None
-            self.idle.move_to_end(conn)
-
-    def drop(self, conn: _Conn) -> None:
-        if conn.registered:
-            conn.registered = False
-            self.count -= 1
-            self.idle.pop(conn, None)
-
-    def close_all(self) -> None:
-        for conn in list(self.idle):
-            self.drop(conn)
-            conn.close()
 
 
 # estkit's words for what aiohttp's parser refused (its own messages quote the request).
@@ -201,7 +88,7 @@ class HttpProtocol(web.RequestHandler):
     table's idle/busy bookkeeping and estkit's answer to unparsable requests."""
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, limits: Limits,
-                 table: ConnectionTable, conn: _Conn, **kwargs: Any) -> None:
+                 table: ConnectionTable, conn: Conn, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, keepalive_timeout=limits.keepalive_timeout,
                          # estkit writes its own access log (server/app.py), as web.AppRunner(access_log=None)
                          access_log=None,  # type: ignore[arg-type]
@@ -261,6 +148,10 @@ class HttpProtocol(web.RequestHandler):
             if isinstance(exc, cls):
                 status, reason = st, text
                 break
+        if status >= 500 and not isinstance(exc, http_exceptions.HttpProcessingError):
+            # A bug below the application (which logs its own): worth a traceback,
+            # and one of ours holds no request bytes.
+            log.error("internal error handling a request", exc_info=exc)
         refusal_log("%s - - - %d %.1fms", _peer(self.transport), status,
                     (time.perf_counter() - self._started) * 1000)
         return _plain(status, reason)
@@ -295,7 +186,7 @@ class _Handshake:
     def __init__(self, site: EstSite, sock: socket.socket, peer: str) -> None:
         self.site, self.sock, self.peer = site, sock, peer
         self.http: HttpProtocol | None = None
-        self.conn = _Conn(self._close)
+        self.conn = Conn(self._close)
         self.task: asyncio.Task[None] | None = None
 
     def _close(self) -> None:
@@ -319,13 +210,13 @@ class _Handshake:
             await loop.connect_accepted_socket(lambda: http, self.sock, ssl=site.ssl_context,
                                                ssl_handshake_timeout=site.limits.handshake_timeout,
                                                ssl_shutdown_timeout=site.limits.handshake_timeout)
+        # The transport owns the socket from here and closes it (closing it here
+        # too could close a descriptor number already reused by another connection).
         except asyncio.CancelledError:
             site.table.drop(self.conn)
-            self.sock.close()
             raise
         except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
             site.table.drop(self.conn)
-            self.sock.close()
             refusal_log("%s - tls-handshake - refused %.1fms %s", self.peer, (time.perf_counter() - t0) * 1000,
                         _handshake_reason(exc))
             return

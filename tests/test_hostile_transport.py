@@ -352,7 +352,16 @@ def test_killed_worker_is_restarted(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert len(after) == 2 and kids[0] not in after, after
         assert s.proc.poll() is None
-        assert re.search(rf"worker {kids[0]} was killed by signal 9 \(SIGKILL\) after \d+s; restarting", s.log())
+        assert re.search(rf"worker {kids[0]} was killed by signal 9 \(SIGKILL\) after \d+s; restarting it in 0.5s",
+                         s.log()), s.log()
+        # It keeps dying soon after starting: the back-off doubles.
+        new = next(p for p in after if p not in kids)
+        os.kill(new, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(after := _children(s.proc.pid)) < 2 or new in after):
+            time.sleep(0.1)
+        assert re.search(rf"worker {new} was killed by signal 9 \(SIGKILL\) after \d+s; restarting it in 1.0s",
+                         s.log()), s.log()
         for i in range(6):  # both workers answer (the kernel spreads connections over them)
             assert send(s.port, s.ssl_context(), _post_csr(_csr(f"after-kill-{i}"))).status == 200
     # server() checked that SIGTERM still stopped everything with status 0

@@ -240,6 +240,9 @@ def test_slow_connections_are_closed_in_time(srv: ServerProcess, what: str, limi
     assert time.monotonic() - t0 >= limit - 0.5
     if what == "half-header":
         assert got.startswith(b"HTTP/1.1 408 "), got
+    if what == "tcp-only":
+        time.sleep(0.3)
+        assert re.search(r"127\.0\.0\.1:\d+ - tls-handshake - refused [\d.]+ms handshake timeout", srv.log())
 
 
 def test_idle_keepalive_connection_is_closed(srv: ServerProcess) -> None:

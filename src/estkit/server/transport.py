@@ -217,22 +217,26 @@ class _Handshake:
             raise
         except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
             site.table.drop(self.conn)
-            refusal_log("%s - tls-handshake - refused %.1fms %s", self.peer, (time.perf_counter() - t0) * 1000,
-                        _handshake_reason(exc))
+            took = time.perf_counter() - t0
+            why = "handshake timeout" if took >= site.limits.handshake_timeout else _handshake_reason(exc)
+            if why is not None:
+                refusal_log("%s - tls-handshake - refused %.1fms %s", self.peer, took * 1000, why)
             return
         self.http = http
 
 
-def _handshake_reason(exc: BaseException) -> str:
-    """Why a handshake failed, in a few words (OpenSSL's reason code when there is one)."""
+def _handshake_reason(exc: BaseException) -> str | None:
+    """Why we refused a handshake, in a few words (OpenSSL's reason code when
+    there is one); None when the peer just went away (a port probe, a client
+    giving up): nothing was refused, nothing is logged."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "handshake timeout"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"client certificate refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLEOFError) or (isinstance(exc, ConnectionError) and not isinstance(exc, ssl.SSLError)):
+        return None
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
-    if isinstance(exc, (ConnectionError, ssl.SSLEOFError)):
-        return "closed by the peer during the handshake"
     return type(exc).__name__
 
 

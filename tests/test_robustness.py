@@ -127,5 +127,6 @@ def test_corpus(env: Env) -> None:
     assert took < 60, took
     _still_serving(env)
     rss1 = _rss_kb(env.srv.proc.pid)
+    print(f"{len(cases)} cases in {took:.1f}s; server RSS {rss0 // 1024} -> {rss1 // 1024} MiB")  # shown with -s
     assert rss1 - rss0 < RSS_GROWTH_LIMIT_KB, (rss0, rss1)
     _no_secrets_logged(env)

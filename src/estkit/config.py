@@ -41,6 +41,15 @@ class ServerConfig:
     realm: str = "estkit"
     access_log: bool = True
     crl_listen: str = ""
+    # Hostile or broken clients (server/transport.py): a TLS handshake, the
+    # first request header after it, a request header once started, and an
+    # idle kept-alive connection each get this long; each worker keeps at most
+    # max_connections open (0: three quarters of the open-file limit, at most
+    # 1024) and closes the one idle longest to admit a new one.
+    handshake_timeout_seconds: int = 10
+    header_timeout_seconds: int = 15
+    keepalive_timeout_seconds: int = 30
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,11 @@ def load_config(directory: Path) -> Config:
     if server.max_body_bytes <= 0 or server.workers < 0 or server.body_timeout_seconds <= 0:
         raise ConfigError("'server.max_body_bytes' and 'server.body_timeout_seconds' must be positive, "
                           "'server.workers' not negative")
+    for key in ("handshake_timeout_seconds", "header_timeout_seconds", "keepalive_timeout_seconds"):
+        if getattr(server, key) <= 0:
+            raise ConfigError(f"'server.{key}' must be positive")
+    if server.max_connections < 0:
+        raise ConfigError("'server.max_connections' must not be negative (0: from the open-file limit)")
     _split_listen(server.listen, "server.listen")
     if server.crl_listen:
         _split_listen(server.crl_listen, "server.crl_listen")

@@ -11,6 +11,7 @@ from estkit.config import Config, split_listen
 from estkit.protocol.constants import CRL_PATH
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
+from estkit.server.connections import Limits, auto_max_connections
 
 __all__ = ["run_server"]
 
@@ -45,4 +46,8 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     sock = bind(host, port, reuse_port=n > 1)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
-    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra)
+    sc = cfg.server
+    limits = Limits(handshake_timeout=sc.handshake_timeout_seconds, header_timeout=sc.header_timeout_seconds,
+                    keepalive_timeout=sc.keepalive_timeout_seconds,
+                    max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
+    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits)

@@ -26,6 +26,7 @@ from pyasn1_modules import rfc5280, rfc6402
 from estkit.errors import BadRequest, FailInfo
 from estkit.protocol import constants as c
 from estkit.protocol.der import SEQUENCE, der_tlv
+from estkit.protocol.malformed import reason
 
 __all__ = [
     "SUCCESS", "FAILED", "PENDING", "NO_SUPPORT", "FAIL_INFO", "fail_name",
@@ -383,7 +384,7 @@ def decode_pkidata(der: bytes) -> PKIData:
             raise CmcError("PKIData must be a SEQUENCE of four SEQUENCEs")
         pd, rest = decoder.decode(der, asn1Spec=rfc6402.PKIData())
     except PyAsn1Error as exc:
-        raise CmcError(f"not a PKIData: {str(exc).splitlines()[0][:160]}") from None
+        raise CmcError(f"not a PKIData: {reason(exc)}") from None
     if rest:
         raise CmcError("trailing data after PKIData")
     controls = tuple(Control(int(ta["bodyPartID"]), str(ta["attrType"]),

@@ -27,6 +27,7 @@ from pyasn1_modules import rfc5280, rfc5652
 
 from estkit.errors import BadRequest
 from estkit.protocol import constants as c
+from estkit.protocol.malformed import reason
 
 __all__ = ["SignerId", "SignedContent", "sign_content", "parse_signed", "verify_signed", "signer_id_for",
            "key_identifier", "key_identifiers", "CmsError", "content_info", "unwrap_content_info", "raw_signer"]
@@ -225,6 +226,18 @@ def sign_content(content_type: str, content: bytes, *, sign: Callable[[bytes], b
 def parse_signed(der: bytes, *, expected_type: str | None = None) -> SignedContent:
     """Parse a ContentInfo holding a SignedData with exactly one signer.
     Raises CmsError on anything malformed (the signature is not checked here)."""
+    try:
+        return _parse_signed(der, expected_type)
+    except CmsError:
+        raise
+    except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError) as exc:
+        # pyasn1 decodes lazily: an absent or mistyped component inside a
+        # structure that decoded fails only when read (Empty substrate,
+        # operation on a schema object).
+        raise CmsError(f"malformed CMS SignedData: {_first_line(exc)}") from None
+
+
+def _parse_signed(der: bytes, expected_type: str | None) -> SignedContent:
     _ctype, inner = unwrap_content_info(der, c.OID_SIGNED_DATA.dotted_string)
     try:
         sd, _ = decoder.decode(inner, asn1Spec=rfc5652.SignedData())
@@ -303,4 +316,4 @@ def verify_signed(sc: SignedContent, public_key: CertificatePublicKeyTypes) -> b
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+    return reason(exc)

@@ -29,6 +29,7 @@ from pyasn1.type import univ
 from estkit.protocol import constants as c
 from estkit.protocol.cmc import CmcError, read_tlvs
 from estkit.protocol.der import der_tlv
+from estkit.protocol.malformed import reason
 
 __all__ = ["CrmfRequest", "build_crmf", "parse_crmf", "name_from_der"]
 
@@ -172,7 +173,7 @@ def parse_crmf(der: bytes) -> CrmfRequest:
     except (IndexError, ValueError, PyAsn1Error, UnsupportedAlgorithm) as exc:
         if isinstance(exc, CmcError):
             raise
-        raise CmcError(f"malformed CertReqMsg: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") \
+        raise CmcError(f"malformed CertReqMsg: {reason(exc)}") \
             from None
     return CrmfRequest(cert_req_id=cert_req_id, subject=subject, public_key=public_key,  # type: ignore[arg-type]
                        san=san, pop=pop, pop_valid=valid)

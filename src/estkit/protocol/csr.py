@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import (CertificateIssuerPrivateKeyTypes,
@@ -19,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from estkit.errors import BadRequest
 from estkit.protocol.constants import OID_CHALLENGE_PASSWORD
 from estkit.protocol.keys import key_type_of
+from estkit.protocol.malformed import reason
 
 __all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_fingerprint", "request_fingerprint"]
 
@@ -83,30 +85,52 @@ def csr_fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+# What cryptography raises for malformed or unsupported input: ValueError
+# (bad DER, bad names), TypeError (a name attribute of the wrong string type),
+# InvalidVersion (an Exception of its own: a `version` other than 0) and
+# UnsupportedAlgorithm (a key type or curve it does not know, explicit EC
+# parameters that are not a named curve), DuplicateExtension (RFC 5280
+# §4.2: an extension at most once) and UnsupportedGeneralNameType.
+_MALFORMED = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm, x509.DuplicateExtension,
+              x509.UnsupportedGeneralNameType)
+
+
 def load_csr(der: bytes) -> CsrInfo:
     """Parse a DER PKCS#10 request.  The signature is checked and reported in
     ``signature_valid`` (the caller decides: /serverkeygen ignores it, RFC 7030
-    §4.4.1).  Malformed input raises BadRequest."""
+    §4.4.1).  Malformed input raises BadRequest.
+
+    Everything policy later reads (subject, SANs, public key, the request
+    fingerprint) is parsed here, so a malformed part is a 400 here and never a
+    failure further on."""
     try:
         csr = x509.load_der_x509_csr(der)
-        key = csr.public_key()
-    except (ValueError, TypeError) as exc:
+    except _MALFORMED as exc:
         raise BadRequest(f"not a PKCS#10 certification request: {_short(exc)}") from None
+    try:
+        key = csr.public_key()
+    except _MALFORMED as exc:
+        raise BadRequest(f"unsupported public key in the request: {_short(exc)}") from None
     try:
         valid = csr.is_signature_valid
     except Exception:  # an unsupported algorithm is an invalid signature to us
         valid = False
     try:
-        extensions = csr.extensions  # noqa: F841 - parse now so bad extensions fail here
         attr = csr.attributes.get_attribute_for_oid(OID_CHALLENGE_PASSWORD)
         challenge: bytes | None = attr.value
     except x509.AttributeNotFound:
         challenge = None
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"malformed request attributes or extensions: {_short(exc)}") from None
+    except _MALFORMED as exc:
+        raise BadRequest(f"malformed request attributes: {_short(exc)}") from None
     info = CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid,
                    challenge_password=challenge)
     info.__dict__["public_key"] = key  # the cached_property's slot: parsed once above
+    try:
+        info.subject.rfc4514_string()
+        general_names_text(info.san)
+        info.request_fingerprint  # noqa: B018 - encodes every requested extension again
+    except _MALFORMED as exc:
+        raise BadRequest(f"malformed subject or extensions in the request: {_short(exc)}") from None
     return info
 
 
@@ -164,6 +188,6 @@ def general_names_text(san: x509.SubjectAlternativeName | None) -> list[str]:
 
 
 def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return reason(exc)
 
 

@@ -39,6 +39,7 @@ from estkit.protocol import constants as c
 from estkit.protocol.der import SEQUENCE, der_tlv
 from estkit.protocol.cmc_cms import (CmsError, content_info, parse_signed, sign_content, unwrap_content_info,
                                      verify_signed)
+from estkit.protocol.malformed import reason
 
 __all__ = ["SUPPORTED_RECIPIENTS", "envelope_supported", "envelope", "open_envelope", "key_package",
            "private_key_from_package", "wrap_server_key", "unwrap_server_key", "serverkeygen_csr", "decrypt_key_ids"]
@@ -159,7 +160,7 @@ def open_envelope(der: bytes, private_key: PrivateKeyTypes) -> tuple[str, bytes]
             if cek is not None:
                 break
     except PyAsn1Error as exc:
-        raise CmsError(f"malformed EnvelopedData: {str(exc).splitlines()[0][:160]}") from None
+        raise CmsError(f"malformed EnvelopedData: {reason(exc)}") from None
     if cek is None or len(cek) != _CBC_LEN[cbc_oid]:
         raise CmsError("the EnvelopedData is not encrypted to this key")
     dec = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()

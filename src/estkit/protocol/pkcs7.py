@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from estkit.errors import BadRequest
+from estkit.protocol.malformed import reason
 
 __all__ = ["certs_only", "parse_certs_only"]
 
@@ -22,7 +23,7 @@ def parse_certs_only(der: bytes) -> list[x509.Certificate]:
     try:
         certs = pkcs7.load_der_pkcs7_certificates(der)
     except ValueError as exc:
-        raise BadRequest(f"not a PKCS#7 certs-only structure: {exc}") from None
+        raise BadRequest(f"not a PKCS#7 certs-only structure: {reason(exc)}") from None
     if not certs:
         raise BadRequest("PKCS#7 structure holds no certificates")
     return list(certs)

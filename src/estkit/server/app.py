@@ -19,11 +19,12 @@ from aiohttp import web
 
 from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, RequestContext
-from estkit.errors import (EstError, MethodNotAllowed, NotFound, PayloadTooLarge,
+from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, PayloadTooLarge,
                            UnsupportedMediaType)
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
 from estkit.server.auth import Authenticator, Presented, peer_of
+from estkit.server.transport import SUPPORTED_VERSIONS, server_header
 from estkit.server.wire import error_response, text_response
 
 __all__ = ["EstRequest", "Operation", "EstServer"]
@@ -107,6 +108,7 @@ class EstServer:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
+        app.on_response_prepare.append(server_header)
         app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
         # Alias for clients that cannot put a CA label after /.well-known/est
         # (strongSwan 5.9.8's pki has no --label; it appends the path to --url).
@@ -122,6 +124,8 @@ class EstServer:
         if len(parts) == 1:
             return None, parts[0]
         if len(parts) == 2 and parts[0]:
+            if len(parts[0]) > 64 or not parts[0].isprintable():
+                raise NotFound("unknown CA label")  # not echoed: it is not a name we could have
             return parts[0], parts[1]
         raise NotFound("no such EST path")
 
@@ -161,6 +165,8 @@ class EstServer:
                 body = await asyncio.wait_for(request.read(), self.body_timeout)
             except TimeoutError:
                 raise EstError("request body not received in time", status=408) from None
+            except web.RequestPayloadError:
+                raise BadRequest("malformed request body framing") from None
             der = decode_b64(body, "request body")
         return await op.handler(self, EstRequest(request, label, opname, ctx, der, presented))
 
@@ -168,9 +174,16 @@ class EstServer:
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         start = time.perf_counter()
+        started = getattr(request.protocol, "request_started", None)
+        if started is not None:
+            started()  # the header is complete: no header timeout from here (server/transport.py)
         info: dict[str, str] = {"op": "-", "label": "", "identity": str(ANONYMOUS)}
         request[_INFO] = info
         try:
+            if request.version not in SUPPORTED_VERSIONS:
+                # RFC 9110 §15.6.6: EST is HTTP/1.1 (RFC 7030 §3.2); 0.9 or 2.0 on an
+                # HTTP/1.x connection is refused, not answered as if it were 1.1.
+                raise EstError("HTTP version not supported: use HTTP/1.1", status=505)
             resp = await handler(request)
         except EstError as exc:
             resp = error_response(exc, self.realm)
@@ -183,9 +196,11 @@ class EstServer:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             resp = text_response(500, "internal server error")
+        if resp.status in (413, 505):
+            # The rest of an oversized body is not read, and a 505 peer speaks
+            # something else: close rather than parse what follows.
+            resp.force_close()
         if self.access_log:
             access.info("%s %s %s %s %d %.1fms", peer_of(request), info["identity"], info["op"],
                         info["label"] or "-", resp.status, (time.perf_counter() - start) * 1000)
         return resp
-
-

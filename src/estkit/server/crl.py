@@ -17,6 +17,7 @@ from aiohttp import web
 from estkit.ca.revocation import Revocation
 from estkit.errors import EstError
 from estkit.protocol import constants as c
+from estkit.server.transport import server_header
 
 __all__ = ["crl_app", "crl_url"]
 
@@ -61,6 +62,7 @@ def crl_app(revocation: Revocation, *, refresh_every: float = 600.0) -> web.Appl
             pass
 
     app = web.Application()
+    app.on_response_prepare.append(server_header)
     app.router.add_get(c.CRL_PATH + "/{name}.crl", get_crl)
     app.cleanup_ctx.append(refresher)
     return app

@@ -3,6 +3,9 @@
 The CA (keys loaded once) and the TLS context are built before forking, so
 every worker shares the same session-ticket keys and a resumed session works
 whichever worker accepts it.  SIGTERM or SIGINT stops every worker cleanly.
+A worker that dies otherwise is restarted on the same socket (connections
+the kernel queued on it meanwhile wait there), after a back-off that grows
+while it keeps dying soon after starting.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable
 
 from aiohttp import web
+
+from estkit.server.connections import Limits
+from estkit.server.transport import EstSite
 
 __all__ = ["serve", "bind"]
 
@@ -61,7 +68,8 @@ def _worker_sockets(sock: socket.socket, workers: int) -> list[socket.socket]:
 
 
 async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
-                      ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]]) -> None:
+                      ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]],
+                      limits: Limits) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,9 +78,15 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     runners: list[web.AppRunner] = []
     for factory, s, ctx in [(make_app, sock, ssl_ctx), *[(f, s2, None) for f, s2 in extra_sites]]:
-        runner = web.AppRunner(factory(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                               keepalive_timeout=limits.keepalive_timeout, lingering_time=0)
         await runner.setup()
-        await web.SockSite(runner, s, ssl_context=ctx, shutdown_timeout=2.0).start()
+        site: web.BaseSite
+        if ctx is not None:
+            site = EstSite(runner, s, ssl_context=ctx, limits=limits)
+        else:
+            site = web.SockSite(runner, s)
+        await site.start()
         runners.append(runner)
     await stop.wait()
     for runner in runners:
@@ -89,20 +103,22 @@ def _loop_run(coro_factory: Callable[[], object]) -> None:
 
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *,
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
-          on_ready: Callable[[], None] | None = None) -> int:
+          on_ready: Callable[[], None] | None = None, limits: Limits | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
     # The socket already accepts connections: hold stop signals until handlers
     # exist, so a stop right after start is still a clean stop.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     extra = extra_sites or []
+    lim = limits or Limits()
     if workers <= 1:
         if on_ready:
             on_ready()
-        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra))
+        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim))
         return 0
-    children: list[int] = []
     socks = _worker_sockets(sock, workers)
-    for own in socks:
+
+    def spawn(slot: int) -> int:
+        own = socks[slot]
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -110,7 +126,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
                 for s in socks:
                     if s is not own:
                         s.close()  # each worker holds only its own socket of the group
-                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra))
+                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra, lim))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -118,10 +134,17 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children.append(pid)
-    if socks[0] is not socks[-1]:
-        for s in socks:  # the workers hold them; a worker's socket closes with it
-            s.close()
+        return pid
+
+    # The parent keeps every socket open (it never accepts on them) so that a
+    # restarted worker takes over its predecessor's socket and queue.
+    children: dict[int, int] = {}  # pid -> slot
+    started: dict[int, float] = {}  # slot -> start time
+    quick_deaths = [0] * len(socks)
+    due: dict[int, float] = {}  # slot -> when to restart it
+    for slot in range(len(socks)):
+        children[spawn(slot)] = slot
+        started[slot] = time.monotonic()
     stopping = False
 
     def _forward(signum: int, _frame: object) -> None:
@@ -138,18 +161,58 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if on_ready:
         on_ready()
-    status = 0
-    alive = set(children)
-    while alive:
-        try:
-            pid, st = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
+    while children or (due and not stopping):
+        pid, st = _reap()
+        if pid:
+            slot = children.pop(pid)
+            if stopping:
+                continue
+            lived = time.monotonic() - started[slot]
+            quick_deaths[slot] = quick_deaths[slot] + 1 if lived < _STABLE_AFTER else 0
+            delay = _backoff(quick_deaths[slot])
+            log.error("worker %d %s after %.0fs; restarting it in %.1fs", pid, _exit_reason(st), lived, delay)
+            due[slot] = time.monotonic() + delay
             continue
-        alive.discard(pid)
-        if not stopping:
-            log.error("worker %d exited (%d); stopping", pid, st)
-            status = 1
-            _forward(signal.SIGTERM, None)
-    return status
+        now = time.monotonic()
+        for slot, when in list(due.items()):
+            if stopping:
+                due.clear()
+                break
+            if when <= now:
+                del due[slot]
+                children[spawn(slot)] = slot
+                started[slot] = now
+        time.sleep(0.1)
+    for s in set(socks):
+        s.close()
+    return 0
+
+
+# A worker that lived this long before dying is restarted at once.
+_STABLE_AFTER = 10.0
+
+
+def _backoff(quick_deaths: int) -> float:
+    """No wait for a worker that had been running; then 0.5 s doubling to 30 s."""
+    return 0.0 if quick_deaths == 0 else min(30.0, 0.5 * 2 ** (quick_deaths - 1))
+
+
+def _reap() -> tuple[int, int]:
+    """A child that exited, without waiting: (pid, status) or (0, 0)."""
+    try:
+        return os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return 0, 0
+    except InterruptedError:
+        return 0, 0
+
+
+def _exit_reason(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by signal {sig} ({name})"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

@@ -12,6 +12,7 @@ from estkit.protocol.constants import CRL_PATH
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
+from estkit.server.notify import sd_notify
 
 __all__ = ["run_server"]
 
@@ -50,4 +51,6 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     limits = Limits(handshake_timeout=sc.handshake_timeout_seconds, header_timeout=sc.header_timeout_seconds,
                     keepalive_timeout=sc.keepalive_timeout_seconds,
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
-    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits)
+    # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
+    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
+                 on_ready=lambda: sd_notify("READY=1"), on_stop=lambda: sd_notify("STOPPING=1"))

@@ -69,7 +69,7 @@ def _worker_sockets(sock: socket.socket, workers: int) -> list[socket.socket]:
 
 async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
                       ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]],
-                      limits: Limits) -> None:
+                      limits: Limits, on_stop: Callable[[], object] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +89,8 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
         await site.start()
         runners.append(runner)
     await stop.wait()
+    if on_stop is not None:
+        on_stop()
     for runner in runners:
         await runner.cleanup()
 
@@ -103,8 +105,10 @@ def _loop_run(coro_factory: Callable[[], object]) -> None:
 
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *,
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
-          on_ready: Callable[[], None] | None = None, limits: Limits | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+          on_ready: Callable[[], object] | None = None, on_stop: Callable[[], object] | None = None,
+          limits: Limits | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop).
+    ``on_ready`` runs once the port accepts connections, ``on_stop`` when a stop begins."""
     # The socket already accepts connections: hold stop signals until handlers
     # exist, so a stop right after start is still a clean stop.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -113,7 +117,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
     if workers <= 1:
         if on_ready:
             on_ready()
-        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim))
+        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim, on_stop))
         return 0
     socks = _worker_sockets(sock, workers)
 
@@ -149,6 +153,8 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
 
     def _forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if not stopping and on_stop is not None:
+            on_stop()
         stopping = True
         for child in children:
             try:

@@ -20,13 +20,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes
-from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtensionOID
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 
 from estkit.protocol import constants as c
+from estkit.protocol.asn1strings import string_type
 from estkit.protocol.cmc import CmcError, read_tlvs
 from estkit.protocol.der import der_tlv
 from estkit.protocol.malformed import reason
@@ -104,7 +104,7 @@ def name_from_der(der: bytes) -> x509.Name:
                 text = value.decode(codec)
             except UnicodeDecodeError:
                 raise CmcError("undecodable string in a Name") from None
-            attrs.append(x509.NameAttribute(x509.ObjectIdentifier(oid), text, _type=_ASN1Type(vtag)))
+            attrs.append(x509.NameAttribute(x509.ObjectIdentifier(oid), text, _type=string_type(vtag)))
         if not attrs:
             raise CmcError("empty RelativeDistinguishedName")
         rdns.append(x509.RelativeDistinguishedName(attrs))

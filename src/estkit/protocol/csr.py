@@ -6,7 +6,6 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from estkit.errors import BadRequest
+from estkit.protocol.asn1strings import OCTET_STRING, PRINTABLE_STRING
 from estkit.protocol.constants import OID_CHALLENGE_PASSWORD
 from estkit.protocol.keys import key_type_of
 from estkit.protocol.malformed import reason
@@ -27,46 +27,26 @@ __all__ = ["CsrInfo", "load_csr", "build_csr", "general_names_text", "csr_finger
 
 @dataclass(frozen=True)
 class CsrInfo:
-    """A parsed PKCS#10 request and the facts policy looks at.
+    """A parsed PKCS#10 request and the facts policy looks at, all read once
+    by :func:`load_csr` (each access to the underlying request would parse its
+    DER again, and a malformed part must fail there, as a 400).
 
-    The derived facts are computed once: every policy step reads them, and
-    each access to the underlying request parses its DER again."""
+    ``request_fingerprint`` is SHA-256 of what the request asks for (public
+    key, subject, requested extensions), without its attributes or signature:
+    RFC 7030 §3.5 and §4.2.3, a client retrying a held request on a new TLS
+    connection rebuilds a linked CSR with that connection's tls-unique, so the
+    CSR's bytes change while the request stays the same."""
 
     csr: x509.CertificateSigningRequest
     der: bytes
     key_type: str
     signature_valid: bool
     challenge_password: bytes | None
-
-    @cached_property
-    def subject(self) -> x509.Name:
-        return self.csr.subject
-
-    @cached_property
-    def san(self) -> x509.SubjectAlternativeName | None:
-        try:
-            return self.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            return None
-
-    @cached_property
-    def public_key(self) -> CertificatePublicKeyTypes:
-        return self.csr.public_key()
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return csr_fingerprint(self.der)
-
-    @cached_property
-    def request_fingerprint(self) -> str:
-        """SHA-256 of what the request asks for (public key, subject, requested
-        extensions), hex, without its attributes or signature.
-
-        RFC 7030 §3.5 and §4.2.3: a client retrying a held request on a new TLS
-        connection must rebuild a linked CSR with that connection's tls-unique,
-        so the CSR's bytes change while the request stays the same."""
-        return request_fingerprint(self.public_key, self.subject,
-                                   ((ext.oid, ext.value) for ext in self.csr.extensions))
+    subject: x509.Name
+    san: x509.SubjectAlternativeName | None
+    public_key: CertificatePublicKeyTypes
+    fingerprint: str
+    request_fingerprint: str
 
 
 def request_fingerprint(public_key: CertificatePublicKeyTypes, subject: x509.Name,
@@ -122,15 +102,21 @@ def load_csr(der: bytes) -> CsrInfo:
         challenge = None
     except _MALFORMED as exc:
         raise BadRequest(f"malformed request attributes: {_short(exc)}") from None
-    info = CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid,
-                   challenge_password=challenge)
-    info.__dict__["public_key"] = key  # the cached_property's slot: parsed once above
     try:
-        info.subject.rfc4514_string()
-        general_names_text(info.san)
-        info.request_fingerprint  # noqa: B018 - encodes every requested extension again
+        subject = csr.subject
+        subject.rfc4514_string()  # decodes every attribute value
+        try:
+            san: x509.SubjectAlternativeName | None = csr.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        general_names_text(san)
+        wanted = request_fingerprint(key, subject, ((ext.oid, ext.value) for ext in csr.extensions))
     except _MALFORMED as exc:
         raise BadRequest(f"malformed subject or extensions in the request: {_short(exc)}") from None
+    info = CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid, challenge_password=challenge,
+                   subject=subject, san=san, public_key=key, fingerprint=csr_fingerprint(der),
+                   request_fingerprint=wanted)
     return info
 
 
@@ -157,11 +143,11 @@ def build_csr(
         builder = builder.add_extension(x509.SubjectAlternativeName(gns), critical=False)
     if challenge_password is not None:
         builder = builder.add_attribute(OID_CHALLENGE_PASSWORD, challenge_password.encode(),
-                                        _tag=x509.name._ASN1Type.PrintableString)
+                                        _tag=PRINTABLE_STRING)
     for oid, value in extra_attributes:
         builder = builder.add_attribute(oid, value)
     for oid, value in octet_attributes:
-        builder = builder.add_attribute(oid, value, _tag=x509.name._ASN1Type.OctetString)
+        builder = builder.add_attribute(oid, value, _tag=OCTET_STRING)
     algo = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
     return builder.sign(key, algo).public_bytes(Encoding.DER)
 

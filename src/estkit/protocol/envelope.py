@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
@@ -36,6 +35,7 @@ from pyasn1_modules import rfc5280, rfc5652, rfc5753
 
 from estkit.errors import BadRequest
 from estkit.protocol import constants as c
+from estkit.protocol.asn1strings import OCTET_STRING
 from estkit.protocol.der import SEQUENCE, der_tlv
 from estkit.protocol.cmc_cms import (CmsError, content_info, parse_signed, sign_content, unwrap_content_info,
                                      verify_signed)
@@ -268,7 +268,7 @@ def serverkeygen_csr(key: CertificateIssuerPrivateKeyTypes, *, cn: str | None = 
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
     for oid, value in ((c.OID_ASYMM_DECRYPT_KEY_ID, asymmetric_key_id), (c.OID_DECRYPT_KEY_ID, decrypt_key_id)):
         if value is not None:
-            b = b.add_attribute(oid, value, _tag=_ASN1Type.OctetString)
+            b = b.add_attribute(oid, value, _tag=OCTET_STRING)
     algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     return b.sign(key, algo).public_bytes(Encoding.DER)
 

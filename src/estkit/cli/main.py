@@ -121,24 +121,32 @@ def quickstart(directory: str | None, listen: str) -> None:
     host, port = split_listen(listen, "--listen")
     url = f"https://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/.well-known/est"
     ca = d / "ca.pem"
-    click.echo(f"""
+    bindir = os.path.dirname(sys.argv[0]) or "."
+    banner = f"""
 estkit is serving EST at {url}
   trust anchor (give it to clients): {ca}
-  demo user: demo   password: {password}
+  demo user: demo   password: {password}   (kept in {pwfile})
+  commands: estkit and estclient are in {bindir}; `. {bindir}/activate` puts them on PATH
 
 Enroll with curl and openssl:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key \\
       -subj /CN=device1 -outform DER | openssl base64 -A > device.b64
-  curl --cacert {ca} --user demo:{password} -H 'Content-Type: application/pkcs10' \\
+  curl -sS --fail-with-body --cacert {ca} --user demo:{password} -H 'Content-Type: application/pkcs10' \\
       --data-binary @device.b64 {url}/simpleenroll | openssl base64 -d -A \\
       | openssl pkcs7 -inform DER -print_certs -out device.pem
   openssl verify -CAfile {ca} device.pem
 
 Stop with Ctrl-C.
-""")
+"""
     _setup_logging()
-    from estkit.cli.serving import run_server
-    sys.exit(run_server(_config(str(d)), listen=listen, workers=1))
+    from estkit.cli.serving import ListenError, run_server
+    try:
+        # The banner once the port listens: a port in use is one line, never a banner and a traceback.
+        # Workers as config.toml says (0: one per core), like `estkit serve`.
+        code = run_server(_config(str(d)), listen=listen, on_ready=lambda: click.echo(banner))
+    except (ConfigError, StoreError, ListenError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 def _register_extensions() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable
 
 from estkit.cli.wiring import build_authority, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
@@ -14,13 +17,28 @@ from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
 from estkit.server.notify import sd_notify
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "ListenError"]
 
 log = logging.getLogger("estkit")
 
 
-def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None) -> int:
-    """Build everything once, bind, fork the workers and serve until stopped."""
+class ListenError(OSError):
+    """A listening address could not be taken; the message names it and what to do."""
+
+
+def _bind(host: str, port: int, key: str, **kw: bool) -> socket.socket:
+    try:
+        return bind(host, port, **kw)
+    except OSError as exc:
+        why = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ListenError(f"cannot listen on {host}:{port} ({key}): {why}; stop what listens there or choose "
+                          f"another address with --listen or {key} in config.toml") from None
+
+
+def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None,
+               on_ready: Callable[[], object] | None = None) -> int:
+    """Build everything once, bind, fork the workers and serve until stopped.
+    ``on_ready`` runs once the port accepts connections (the quickstart's banner)."""
     store = build_store(cfg)
     ca = build_authority(cfg, store)
     server = build_server(cfg, ca)
@@ -38,13 +56,13 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
         revocation = build_revocation(ca)
         revocation.refresh()  # publish (or renew) every CRL before serving
         crl_host, crl_port = split_listen(cfg.server.crl_listen, "server.crl_listen")
-        crl_sock = bind(crl_host, crl_port)
+        crl_sock = _bind(crl_host, crl_port, "server.crl_listen")
         extra.append((lambda: crl_app(revocation), crl_sock))
         log.info("serving CRLs on http://%s:%d%s/<ca>.crl", crl_host, crl_sock.getsockname()[1], CRL_PATH)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    sock = bind(host, port, reuse_port=n > 1)
+    sock = _bind(host, port, "server.listen", reuse_port=n > 1)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
     sc = cfg.server
@@ -53,4 +71,10 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
-                 on_ready=lambda: sd_notify("READY=1"), on_stop=lambda: sd_notify("STOPPING=1"))
+                 on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"))
+
+
+def _ready(then: Callable[[], object] | None) -> None:
+    if then is not None:
+        then()
+    sd_notify("READY=1")

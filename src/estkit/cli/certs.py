@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -133,6 +135,7 @@ def crl_export(directory: str | None, ca_name: str, pem: bool, out: str) -> None
     data = x509.load_der_x509_crl(rec.der).public_bytes(Encoding.PEM) if pem else rec.der
     with open(out, "wb") as f:
         f.write(data)
+    os.chmod(out, 0o644)  # a CRL is public (RFC 5280 §5), whatever estkit's private umask
     click.echo(f"wrote CRL number {rec.number} to {out}", err=True)
 
 

@@ -19,6 +19,9 @@ log = logging.getLogger("estkit")
 
 def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None) -> int:
     """Build everything once, bind, fork the workers and serve until stopped."""
+    from estkit.cli.perms import secure_dir
+    for fix in secure_dir(cfg.dir):  # a DIR made by an older estkit, or by hand
+        log.warning("fixed permissions: %s", fix)
     store = build_store(cfg)
     ca = build_authority(cfg, store)
     server = build_server(cfg, ca)

@@ -18,13 +18,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authz import AUTHORIZED_POLICIES, GUARD, MAX_VALIDITY
 from estkit.ca.identity import Identity, IdentityKind, RequestContext
-from estkit.ca.passwords import VerifyCache
+from estkit.ca.passwords import DUMMY_HASH, VerifyCache, needs_rehash
 from estkit.ca.policy import EnrollRequest, RequestPolicy, check_result, shape_certificate
 from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, IssueGuard, PendingRequest, Store,
                              StoreError, UserRecord)
 from estkit.ca.profile import Profile
 from estkit.ca.signer import Signer
-from estkit.errors import BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, Unauthorized
+from estkit.errors import (BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, ServiceUnavailable,
+                           Unauthorized)
 from estkit.protocol import constants as c
 from estkit.protocol.csr import CsrInfo, general_names_text, load_csr
 from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
@@ -64,7 +65,8 @@ class CertificateAuthority:
 
     def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
                  default_label: str, policies: Sequence[RequestPolicy] = AUTHORIZED_POLICIES,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 passwords: VerifyCache | None = None) -> None:
         for p in profiles.values():
             if p.ca not in cas:
                 raise ValueError(f"label {p.label!r} names unknown CA {p.ca!r}")
@@ -76,7 +78,7 @@ class CertificateAuthority:
         self.default_label = default_label
         self.policies = list(policies)
         self.clock = clock
-        self._passwords = VerifyCache()
+        self._passwords = passwords or VerifyCache()
         self._cacerts = {name: certs_only(ca.published) for name, ca in self.cas.items()}
         # Certificates issued by any CA key of ours (the old root's too, after a rollover).
         self._ours: dict[bytes, list[x509.Certificate]] = {}
@@ -273,10 +275,22 @@ class CertificateAuthority:
     # -- authentication -----------------------------------------------------
 
     def authenticate_user(self, name: str, password: str) -> Identity:
-        """HTTP Basic: the user's identity, or Unauthorized."""
+        """HTTP Basic: the user's identity, or Unauthorized.
+
+        The password is verified whether or not the user exists or is disabled
+        (an unknown name against a dummy hash of the current parameters), so a
+        wrong password costs the same either way: names are not found by timing.
+        A hash with older parameters is replaced by a current one."""
         user = self.store.get_user(name)
-        if user is None or user.disabled or not self._passwords.verify(name, password, user.password_hash):
+        ok = self._passwords.verify(name, password, user.password_hash if user is not None else DUMMY_HASH,
+                                    remember=user is not None and not user.disabled)
+        if user is None or user.disabled or not ok:
             raise Unauthorized("wrong user name or password")
+        if needs_rehash(user.password_hash):
+            try:  # compare-and-set: a password changed meanwhile is not overwritten
+                self.store.replace_password_hash(name, user.password_hash, self._passwords.rehash(name, password))
+            except (StoreError, ServiceUnavailable) as exc:  # verified all the same; upgraded next time
+                log.warning("cannot upgrade the password hash of %s: %s", name, exc)
         return self.user_identity(user)
 
     def user_identity(self, user: UserRecord) -> Identity:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
            "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
-           "IssueGuard", "GuardFailed", "Claim"]
+           "IssueGuard", "GuardFailed", "Claim", "AuditEventType"]
 
 
 class StoreError(Exception):
@@ -115,6 +116,21 @@ class UserRecord:
     digest_ha1: dict[str, str] | None = None
 
 
+class AuditEventType(StrEnum):
+    """Every kind of audit event, named once (``estkit audit --event`` offers these)."""
+
+    ISSUED = "issued"
+    REFUSED = "refused"
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+    ROLLOVER = "rollover"
+    # Failed logins and refused client certificates, aggregated per identity,
+    # reason and minute (estkit.server.authaudit).
+    AUTH_FAILED = "auth-failed"
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One recorded decision (issued, refused, pending, approved, rejected, revoked...)."""
@@ -208,6 +224,10 @@ class UserStore(Protocol):
 
     def consume_one_time(self, name: str, at: datetime) -> bool:
         """Atomically mark a one-time user used; False if it already was."""
+
+    def replace_password_hash(self, name: str, old: str, new: str) -> bool:
+        """Set the user's password hash to ``new`` only if it is still ``old``
+        (nothing else of the row is touched); False otherwise."""
 
 
 class AuditLog(Protocol):

@@ -41,6 +41,12 @@ class ServerConfig:
     realm: str = "estkit"
     access_log: bool = True
     crl_listen: str = ""
+    # Failed authentications (wrong passwords, Basic or Digest) a client address,
+    # and a user name, may make a minute before 429 (estkit.server.throttle); 0: no limit.
+    auth_address_failures_per_minute: int = 10
+    auth_user_failures_per_minute: int = 30
+    # Password verifications (scrypt, 128 MiB each) at once per worker; 0: cores / workers, at least 1.
+    auth_max_parallel: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ def load_config(directory: Path) -> Config:
     if server.max_body_bytes <= 0 or server.workers < 0 or server.body_timeout_seconds <= 0:
         raise ConfigError("'server.max_body_bytes' and 'server.body_timeout_seconds' must be positive, "
                           "'server.workers' not negative")
+    for key in ("auth_address_failures_per_minute", "auth_user_failures_per_minute", "auth_max_parallel"):
+        if getattr(server, key) < 0:
+            raise ConfigError(f"'server.{key}' must not be negative")
     _split_listen(server.listen, "server.listen")
     if server.crl_listen:
         _split_listen(server.crl_listen, "server.crl_listen")

@@ -293,6 +293,11 @@ class CertificateAuthority:
                 log.warning("cannot upgrade the password hash of %s: %s", name, exc)
         return self.user_identity(user)
 
+    def recently_verified(self, name: str, password: str) -> bool:
+        """True if these Basic credentials verified in this process within the last
+        minutes (no store access): the server need not count them as a guess."""
+        return self._passwords.known(name, password)
+
     def user_identity(self, user: UserRecord) -> Identity:
         """The identity of a user whose credentials verified (Basic or Digest),
         or Unauthorized when the user is disabled, expired or a used one-time code."""

@@ -19,13 +19,14 @@ whether the user exists or not: user names cannot be found by timing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -127,6 +128,30 @@ def generate_password(nbytes: int = 18) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def _busy() -> ServiceUnavailable:
+    return ServiceUnavailable("too many password verifications at once; retry shortly", retry_after=1)
+
+
+class _Flight:
+    """One verification in progress, whose result others with the same credentials wait for."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._ok = False
+        self._error: BaseException | None = None
+
+    def done(self, ok: bool | None, error: BaseException | None = None) -> None:
+        self._ok, self._error = bool(ok), error
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        if not self._event.wait(timeout):
+            raise _busy()
+        if self._error is not None:
+            raise _busy() if not isinstance(self._error, ServiceUnavailable) else self._error
+        return self._ok
+
+
 class VerifyCache:
     """Remembers (user, password, stored hash) triples that verified, for ``ttl``
     seconds, and bounds the scrypt computations running at once.
@@ -145,11 +170,11 @@ class VerifyCache:
         self._max = max_entries
         self._seen: dict[bytes, float] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[bytes, threading.Lock] = {}
+        self._inflight: dict[bytes, _Flight] = {}
         self.max_parallel = max(1, max_parallel)
         self._parallel = threading.BoundedSemaphore(self.max_parallel)
         self._max_waiting = max_waiting if max_waiting is not None else 2 * self.max_parallel
-        self._waiting = 0
+        self._inside = 0
         self._wait_seconds = wait_seconds
 
     def _tag(self, name: str, password: str, stored: str) -> bytes:
@@ -159,64 +184,92 @@ class VerifyCache:
     def verify(self, name: str, password: str, stored: str, *, remember: bool = True) -> bool:
         """Like :func:`verify_password`, but remembers success for a while.
 
-        ``remember=False`` neither looks in nor adds to the memory: for a
-        disabled user, whose refusal must cost the same whether the password
-        was right or not (a quick refusal would confirm a guess)."""
-        if not remember:
-            return self._bounded(verify_password, password, stored)
+        The same credentials arriving together are verified once: the others
+        wait for that result, success or failure (16 guessers sending the same
+        password cost one scrypt).  ``remember=False`` neither looks in nor adds
+        to the memory: for a disabled user, whose refusal must cost the same
+        whether the password was right or not (a quick one would confirm a guess)."""
         tag = self._tag(name, password, stored)
-        with self._lock:
-            if self._fresh(tag):
-                return True
-            flight = self._inflight.setdefault(tag, threading.Lock())
-        # The same credentials arriving together: the first verifies, the others
-        # wait for it and find the result (a failure is not remembered: they retry).
-        with flight:
+        if remember:
             with self._lock:
                 if self._fresh(tag):
                     return True
+        with self._lock:
+            flight = self._inflight.get(tag)
+        if flight is not None:
+            # Waiting for another's result holds a thread but no memory, and ends
+            # with it: not counted (a device's burst of first requests is not refused;
+            # a guesser's burst is bounded by the throttle, estkit.server.throttle).
+            return flight.wait(self._wait_seconds + 1.0)
+        with self._admitted():
+            with self._lock:
+                flight = self._inflight.get(tag)
+                leader = flight is None
+                if flight is None:
+                    flight = self._inflight[tag] = _Flight()
+            if not leader:
+                return flight.wait(self._wait_seconds + 1.0)
             try:
-                ok = self._bounded(verify_password, password, stored)
-                if ok:
-                    self._remember(tag)
+                ok = self._run(verify_password, password, stored)
+                if ok and remember:
+                    self._remember(tag, self._tag(name, password, ""))
+                flight.done(ok)
+                return ok
+            except BaseException as exc:
+                flight.done(None, exc)
+                raise
             finally:
                 with self._lock:
                     if self._inflight.get(tag) is flight:
                         del self._inflight[tag]
-        return ok
 
     def rehash(self, name: str, password: str) -> str:
         """A new hash of a password that just verified, with :data:`CURRENT`
-        parameters (same bound as verifications); remembered as verified."""
-        stored = self._bounded(hash_password, password)
-        self._remember(self._tag(name, password, stored))
+        parameters (same bounds as verifications); remembered as verified."""
+        with self._admitted():
+            stored = self._run(hash_password, password)
+        self._remember(self._tag(name, password, stored), self._tag(name, password, ""))
         return stored
 
-    def _bounded(self, fn: Callable[..., _T], *args: str) -> _T:
+    def known(self, name: str, password: str) -> bool:
+        """True if these credentials verified (against whatever hash) within the
+        last ``ttl`` seconds: a hint that needs no store lookup, for the server
+        to tell a known device from a guesser before it hands the request over."""
         with self._lock:
-            if self._waiting >= self.max_parallel + self._max_waiting:
-                raise ServiceUnavailable("too many password verifications at once; retry shortly", retry_after=1)
-            self._waiting += 1
+            return self._fresh(self._tag(name, password, ""))
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """At most ``max_parallel + max_waiting`` threads inside (running or waiting
+        for a slot); more get 503 at once."""
+        with self._lock:
+            if self._inside >= self.max_parallel + self._max_waiting:
+                raise _busy()
+            self._inside += 1
         try:
-            if not self._parallel.acquire(timeout=self._wait_seconds):
-                raise ServiceUnavailable("too many password verifications at once; retry shortly", retry_after=1)
-            try:
-                return fn(*args)
-            finally:
-                self._parallel.release()
+            yield
         finally:
             with self._lock:
-                self._waiting -= 1
+                self._inside -= 1
+
+    def _run(self, fn: Callable[..., _T], *args: str) -> _T:
+        if not self._parallel.acquire(timeout=self._wait_seconds):
+            raise _busy()
+        try:
+            return fn(*args)
+        finally:
+            self._parallel.release()
 
     def _fresh(self, tag: bytes) -> bool:
         exp = self._seen.get(tag)
         return exp is not None and exp > time.monotonic()
 
-    def _remember(self, tag: bytes) -> None:
+    def _remember(self, *tags: bytes) -> None:
         now = time.monotonic()
         with self._lock:
-            if len(self._seen) >= self._max:
+            if len(self._seen) + len(tags) > self._max:
                 self._seen = {k: v for k, v in self._seen.items() if v > now}
-                if len(self._seen) >= self._max:
+                if len(self._seen) + len(tags) > self._max:
                     self._seen.clear()
-            self._seen[tag] = now + self._ttl
+            for tag in tags:
+                self._seen[tag] = now + self._ttl

@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attack-rate", type=float, default=0.0, help="with --attack: guesses per second in all "
                    "(0: each guesser as fast as it is answered)")
     p.add_argument("--attack-legit-clients", type=int, default=1, help="with --attack: legitimate clients")
+    p.add_argument("--attack-configs", default="throttled,no-throttle",
+                   help="with --attack: server configurations (throttled: the defaults; no-throttle)")
     a = p.parse_args(argv)
     defaults = QUICK if a.quick else FULL
     for k, v in defaults.items():

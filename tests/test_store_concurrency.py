@@ -176,7 +176,7 @@ def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: s
                 running[0] -= 1
 
     monkeypatch.setattr(passwords, "verify_password", counting)
-    cache = VerifyCache()
+    cache = VerifyCache(max_waiting=6)  # room for all 8 at once: the 503 beyond is tested below
     results: list[bool] = [False] * 8
     errors = _threads(8, lambda i: results.__setitem__(i, cache.verify("u", password, stored)))
     assert errors == [None] * 8
@@ -186,9 +186,11 @@ def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: s
     assert cache.verify("u", "right", stored) is True
 
 
-def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch) -> None:
-    """More distinct verifications at once than max_parallel + max_waiting: the rest get
-    503 at once instead of holding a worker thread; never more than max_parallel scrypts."""
+@pytest.mark.parametrize("same", [False, True], ids=["fail/distinct-guesses", "fail/same-guess"])
+def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch, same: bool) -> None:
+    """More verifications at once than max_parallel + max_waiting (distinct guesses), or
+    more waiting for one (the same guess): the rest get 503 at once instead of holding a
+    worker thread; never more than max_parallel scrypts."""
     from estkit.errors import ServiceUnavailable
     stored = hash_password("right")
     running = [0, 0]
@@ -211,12 +213,13 @@ def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch) -> 
 
     def one(i: int) -> None:
         try:
-            results[i] = cache.verify("u", f"guess-{i}", stored)
+            results[i] = cache.verify("u", "guess" if same else f"guess-{i}", stored)
         except ServiceUnavailable as exc:
             results[i] = exc
 
     assert _threads(8, one) == [None] * 8
     refused = [r for r in results if isinstance(r, ServiceUnavailable)]
-    assert results.count(False) == 3 and len(refused) == 5, results
+    # distinct: 1 running + 2 waiting for the slot; same: 1 running + 3 waiting for its result
+    assert results.count(False) == (4 if same else 3) and len(refused) == 8 - results.count(False), results
     assert all(r.status == 503 and r.retry_after == 1 for r in refused)
     assert running[1] == 1

@@ -175,6 +175,7 @@ class VerifyCache:
         self._parallel = threading.BoundedSemaphore(self.max_parallel)
         self._max_waiting = max_waiting if max_waiting is not None else 2 * self.max_parallel
         self._inside = 0
+        self._following = 0
         self._wait_seconds = wait_seconds
 
     def _tag(self, name: str, password: str, stored: str) -> bytes:
@@ -197,10 +198,7 @@ class VerifyCache:
         with self._lock:
             flight = self._inflight.get(tag)
         if flight is not None:
-            # Waiting for another's result holds a thread but no memory, and ends
-            # with it: not counted (a device's burst of first requests is not refused;
-            # a guesser's burst is bounded by the throttle, estkit.server.throttle).
-            return flight.wait(self._wait_seconds + 1.0)
+            return self._follow(flight)
         with self._admitted():
             with self._lock:
                 flight = self._inflight.get(tag)
@@ -208,7 +206,7 @@ class VerifyCache:
                 if flight is None:
                     flight = self._inflight[tag] = _Flight()
             if not leader:
-                return flight.wait(self._wait_seconds + 1.0)
+                return self._follow(flight)
             try:
                 ok = self._run(verify_password, password, stored)
                 if ok and remember:
@@ -222,6 +220,22 @@ class VerifyCache:
                 with self._lock:
                     if self._inflight.get(tag) is flight:
                         del self._inflight[tag]
+
+    def _follow(self, flight: _Flight) -> bool:
+        """Wait for another thread's verification of the same credentials.  It
+        holds no memory, so it is bounded apart from :meth:`_admitted` (a
+        device's burst of first requests is not refused): as many as may be
+        inside, beyond which 503 (a burst of the same guess must not take
+        every worker thread)."""
+        with self._lock:
+            if self._following >= self.max_parallel + self._max_waiting:
+                raise _busy()
+            self._following += 1
+        try:
+            return flight.wait(self._wait_seconds + 1.0)
+        finally:
+            with self._lock:
+                self._following -= 1
 
     def rehash(self, name: str, password: str) -> str:
         """A new hash of a password that just verified, with :data:`CURRENT`

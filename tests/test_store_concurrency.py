@@ -176,7 +176,7 @@ def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: s
                 running[0] -= 1
 
     monkeypatch.setattr(passwords, "verify_password", counting)
-    cache = VerifyCache(max_waiting=6)  # room for all 8 at once: the 503 beyond is tested below
+    cache = VerifyCache()
     results: list[bool] = [False] * 8
     errors = _threads(8, lambda i: results.__setitem__(i, cache.verify("u", password, stored)))
     assert errors == [None] * 8
@@ -208,7 +208,7 @@ def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch, sam
                 running[0] -= 1
 
     monkeypatch.setattr(passwords, "verify_password", counting)
-    cache = VerifyCache(max_parallel=1, max_waiting=2)
+    cache = VerifyCache(max_parallel=1, max_waiting=2, max_following=4)
     results: list[object] = [None] * 8
 
     def one(i: int) -> None:
@@ -219,7 +219,7 @@ def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch, sam
 
     assert _threads(8, one) == [None] * 8
     refused = [r for r in results if isinstance(r, ServiceUnavailable)]
-    # distinct: 1 running + 2 waiting for the slot; same: 1 running + 3 waiting for its result
-    assert results.count(False) == (4 if same else 3) and len(refused) == 8 - results.count(False), results
+    # distinct: 1 running + 2 waiting for the slot; same: 1 running + 4 waiting for its result
+    assert results.count(False) == (5 if same else 3) and len(refused) == 8 - results.count(False), results
     assert all(r.status == 503 and r.retry_after == 1 for r in refused)
     assert running[1] == 1

@@ -164,7 +164,7 @@ class VerifyCache:
     password waits behind it."""
 
     def __init__(self, ttl: float = 300.0, max_entries: int = 10000, max_parallel: int = 2,
-                 max_waiting: int | None = None, wait_seconds: float = 5.0) -> None:
+                 max_waiting: int | None = None, wait_seconds: float = 5.0, max_following: int = 16) -> None:
         self._key = os.urandom(32)
         self._ttl = ttl
         self._max = max_entries
@@ -176,6 +176,7 @@ class VerifyCache:
         self._max_waiting = max_waiting if max_waiting is not None else 2 * self.max_parallel
         self._inside = 0
         self._following = 0
+        self._max_following = max_following
         self._wait_seconds = wait_seconds
 
     def _tag(self, name: str, password: str, stored: str) -> bytes:
@@ -197,38 +198,36 @@ class VerifyCache:
                     return True
         with self._lock:
             flight = self._inflight.get(tag)
-        if flight is not None:
+            leader = flight is None
+            if flight is None:
+                flight = self._inflight[tag] = _Flight()
+        if not leader:
             return self._follow(flight)
-        with self._admitted():
-            with self._lock:
-                flight = self._inflight.get(tag)
-                leader = flight is None
-                if flight is None:
-                    flight = self._inflight[tag] = _Flight()
-            if not leader:
-                return self._follow(flight)
-            try:
+        try:
+            with self._admitted():
                 ok = self._run(verify_password, password, stored)
-                if ok and remember:
-                    self._remember(tag, self._tag(name, password, ""))
-                flight.done(ok)
-                return ok
-            except BaseException as exc:
-                flight.done(None, exc)
-                raise
-            finally:
-                with self._lock:
-                    if self._inflight.get(tag) is flight:
-                        del self._inflight[tag]
+            if ok and remember:
+                self._remember(tag, self._tag(name, password, ""))
+            flight.done(ok)
+            return ok
+        except BaseException as exc:
+            flight.done(None, exc)  # those waiting get the same 503
+            raise
+        finally:
+            with self._lock:
+                if self._inflight.get(tag) is flight:
+                    del self._inflight[tag]
 
     def _follow(self, flight: _Flight) -> bool:
         """Wait for another thread's verification of the same credentials.  It
-        holds no memory, so it is bounded apart from :meth:`_admitted` (a
-        device's burst of first requests is not refused): as many as may be
-        inside, beyond which 503 (a burst of the same guess must not take
-        every worker thread)."""
+        holds a thread but no memory, so it is bounded apart from
+        :meth:`_admitted`: a device's burst of first requests (or a one-time
+        code sent by eight clients at once) is not refused; beyond
+        ``max_following``, 503.  A burst of the same guess is bounded by the
+        throttle first (estkit.server.throttle: an unknown password takes its
+        tokens before it is verified)."""
         with self._lock:
-            if self._following >= self.max_parallel + self._max_waiting:
+            if self._following >= self._max_following:
                 raise _busy()
             self._following += 1
         try:

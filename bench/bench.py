@@ -22,6 +22,8 @@ and peak RSS come from /proc for every server process.  Writes
 
 ``--url``, ``--trust`` and ``--user`` (or ``--cert``/``--key``) aim the same
 tool at any EST server; ``--server-pid`` adds its CPU and memory.
+``--attack`` measures a legitimate client while others guess passwords
+(bench/attack.py).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import fixture  # noqa: E402
 import procstat  # noqa: E402
 import wrkgen  # noqa: E402
 from plot import plot  # noqa: E402
-from runs import Server, Target, measure, medians, profile_run, repeated, run_loadgen  # noqa: E402
+from runs import Server, Target, measure, medians, profile_run, repeated, run_loadgen, warm_logins  # noqa: E402
 from targets import evaluate  # noqa: E402
 
 
@@ -106,6 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-pid", type=int, default=None, help="with --url: measure this process tree's CPU and RSS")
     p.add_argument("--ceiling-cert", default="", help="with --url: TLS cert/key for the s_server ceiling")
     p.add_argument("--ceiling-key", default="")
+    p.add_argument("--attack", action="store_true", help="only the attack scenario: a legitimate client's "
+                   "enrollments alone and while others guess passwords (bench/attack.py)")
+    p.add_argument("--attack-clients", type=int, default=16, help="with --attack: password guessers")
+    p.add_argument("--attack-rate", type=float, default=0.0, help="with --attack: guesses per second in all "
+                   "(0: each guesser as fast as it is answered)")
+    p.add_argument("--attack-legit-clients", type=int, default=1, help="with --attack: legitimate clients")
+    p.add_argument("--attack-configs", default="throttled,no-throttle",
+                   help="with --attack: server configurations (throttled: the defaults; no-throttle)")
     a = p.parse_args(argv)
     defaults = QUICK if a.quick else FULL
     for k, v in defaults.items():
@@ -163,7 +173,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     csrs = fixture.write_csrs(work / "csrs.txt", a.csrs)
     print(f"estkit bench: work dir {work}, {a.csrs} CSRs, keep-alive generator {a.keepalive_gen}", flush=True)
     try:
-        if a.url:
+        if a.attack:
+            from attack import run_attack
+            run_attack(a, result, csrs, work)
+        elif a.url:
             _run_external(a, result, modes, csrs, work, out)
         else:
             _run_estkit(a, result, modes, csrs, work, out)
@@ -237,6 +250,8 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
             targets = {rows: Target("127.0.0.1", srv.port, "/.well-known/est", str(dirs[rows] / "ca.pem"),
                                     user=f"{fixture.BENCH_USER}:{fixture.BENCH_PASSWORD}", server_pid=srv.proc.pid)
                        for rows, srv in servers.items()}
+            for t in targets.values():
+                warm_logins(t, csrs, a.workers)
             for mode in modes:
                 for c in _concurrencies(a, mode):
                     # The store sizes take turns run by run, so that a drift of the

@@ -134,7 +134,8 @@ class Generator:
         self.end = 0.0
 
     def _connect(self, res: Result) -> ssl.SSLSocket:
-        raw = socket.create_connection((self.a.host, self.a.port), timeout=self.a.timeout)
+        raw = socket.create_connection((self.a.host, self.a.port), timeout=self.a.timeout,
+                                       source_address=(self.a.source, 0) if self.a.source else None)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = self.ctx.wrap_socket(raw, server_hostname=self.a.sni or self.a.host)  # never session=: full handshake
         if time.monotonic() >= self.start:
@@ -151,7 +152,14 @@ class Generator:
         sock: ssl.SSLSocket | None = None
         buf = bytearray()
         new = self.a.mode == "new"
+        # --rate: each thread sends at most rate/C requests a second (an open-loop
+        # pace, as a guesser holding back to stay unnoticed); 0: as fast as answered.
+        gap = self.a.concurrency / self.a.rate if self.a.rate > 0 else 0.0
+        next_at = time.monotonic() + (index * gap / self.a.concurrency if gap else 0.0)
         while True:
+            if gap:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + gap, time.monotonic() - gap)
             t = time.monotonic()
             if t >= self.end:
                 break
@@ -247,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", default="")
     p.add_argument("--key", default="")
     p.add_argument("--tls-max", default="", choices=["", "1.2"])
+    p.add_argument("--source", default="", help="local address to connect from (e.g. 127.0.0.2: another client)")
+    p.add_argument("--rate", type=float, default=0.0, help="requests per second in all (0: closed loop)")
     p.add_argument("--mode", default="new", choices=["new", "keepalive"])
     p.add_argument("-c", "--concurrency", type=int, default=8)
     p.add_argument("-d", "--duration", type=float, default=5.0)

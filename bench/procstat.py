@@ -112,6 +112,17 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """VmRSS (resident set size now) of one process, MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def sample(root: int | None) -> ProcSample:
     """CPU seconds of every process in ``root``'s tree (empty without a root)."""
     if root is None:

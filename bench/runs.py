@@ -24,7 +24,7 @@ import procstat
 import wrkgen
 from hotspots import summarise
 
-__all__ = ["Target", "run_loadgen", "measure", "repeated", "medians", "Server", "profile_run"]
+__all__ = ["Target", "run_loadgen", "warm_logins", "measure", "repeated", "medians", "Server", "profile_run"]
 
 HERE = Path(__file__).resolve().parent
 ESTKIT = str(Path(sys.executable).parent / "estkit")
@@ -103,6 +103,15 @@ def measure(t: Target, mode: str, concurrency: int, a: argparse.Namespace, csrs:
     r["server_switches_per_request"] = (switches / r["ok"]) if switches is not None and r["ok"] else None
     r["mode"] = mode
     return r
+
+
+def warm_logins(t: Target, csrs: Path, workers: int) -> None:
+    """Enroll for a few seconds before measuring, so every worker has verified the
+    password once: the first verification is a scrypt at N=2^17 (128 MiB, 0.4 s or
+    more on a busy machine), then remembered for five minutes (estkit.ca.passwords)."""
+    if t.user:
+        run_loadgen(t, mode="new", method="POST", path=t.base + "/simpleenroll", bodies=csrs,
+                    concurrency=4 * max(1, workers), duration=1.0, warmup=2.0)
 
 
 _MEDIAN_FIELDS = ("rate_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "server_cpu_s",

@@ -84,3 +84,20 @@ def test_bench_against_url(tmp_path: Path) -> None:
     assert {r["mode"] for r in doc["runs"]} == {"new", "cacerts"}
     new = next(r for r in doc["runs"] if r["mode"] == "new")
     assert new["ok"] > 0 and new["sessions_reused"] == 0 and new["server_cpu_s"] is not None
+
+
+def test_bench_attack_scenario(tmp_path: Path) -> None:
+    """--attack: the legitimate client's figures alone and attacked, the guessers' answers
+    (with the default configuration they end up throttled: 429), peak RSS per worker."""
+    doc = _bench(tmp_path, "--attack", "--attack-configs", "throttled", "--repeat", "1", "--duration", "2")
+    assert doc["target"].endswith("(attack)") and doc["runs"] == []
+    (e,) = doc["attack"]
+    assert e["config"] == "throttled"
+    for phase in ("legit_alone", "legit_attacked"):
+        assert e[phase]["ok"] > 0 and set(e[phase]["statuses"]) == {"200"}, e[phase]
+    g = e["guessers"]
+    assert g["clients"] == 16 and g["statuses"].get("429", 0) > 0 and "200" not in g["statuses"], g
+    assert e["median_ratio"] == e["legit_attacked"]["p50_ms"] / e["legit_alone"]["p50_ms"]
+    assert all(v > 0 for v in e["rss_mb_peak"].values()) and len(e["rss_mb_peak"]) >= 2
+    target = next(t for t in doc["targets"] if t["name"].startswith("attack, throttled"))
+    assert target["met"] in (True, False)

@@ -42,6 +42,12 @@ def test_ok_init_config_loads(base_dir: Path) -> None:
                  id="fail/default-label-missing"),
     pytest.param(lambda d: d.update(extra={"a": 1}), "extra", id="fail/unknown-table"),
     pytest.param(lambda d: d["cas"]["default"].pop("key"), "cas.default.key", id="fail/ca-key-missing"),
+    pytest.param(lambda d: d["server"].update(auth_address_failures_per_minute=-1),
+                 "server.auth_address_failures_per_minute", id="fail/negative-address-failures"),
+    pytest.param(lambda d: d["server"].update(auth_user_failures_per_minute="30"),
+                 "server.auth_user_failures_per_minute", id="fail/user-failures-not-int"),
+    pytest.param(lambda d: d["server"].update(auth_max_parallel=-2), "server.auth_max_parallel",
+                 id="fail/negative-max-parallel"),
 ])
 def test_config_errors_name_the_key(base_dir: Path, tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     doc = read_config(base_dir)

@@ -154,8 +154,8 @@ def test_write_lock_without_its_file_still_serialises_threads(tmp_path: Path) ->
 
 @pytest.mark.parametrize("password,expected,max_scrypts", [
     ("right", True, 1),
-    ("wrong", False, 8),
-], ids=["ok/burst-verifies-once", "fail/wrong-password-never-cached"])
+    ("wrong", False, 1),
+], ids=["ok/burst-verifies-once", "fail/wrong-password-burst-shares-one-failure"])
 def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: str, expected: bool,
                                     max_scrypts: int) -> None:
     stored = hash_password("right")
@@ -184,3 +184,42 @@ def test_verify_cache_single_flight(monkeypatch: pytest.MonkeyPatch, password: s
     assert 1 <= len(calls) <= max_scrypts
     assert running[1] <= 2, "more scrypts at once than the memory bound allows"
     assert cache.verify("u", "right", stored) is True
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["fail/distinct-guesses", "fail/same-guess"])
+def test_verify_cache_bounds_threads_inside(monkeypatch: pytest.MonkeyPatch, same: bool) -> None:
+    """More verifications at once than max_parallel + max_waiting (distinct guesses), or
+    more waiting for one (the same guess): the rest get 503 at once instead of holding a
+    worker thread; never more than max_parallel scrypts."""
+    from estkit.errors import ServiceUnavailable
+    stored = hash_password("right")
+    running = [0, 0]
+    lock = threading.Lock()
+    real = passwords.verify_password
+
+    def counting(pw: str, st: str) -> bool:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            return real(pw, st)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    cache = VerifyCache(max_parallel=1, max_waiting=2, max_following=4)
+    results: list[object] = [None] * 8
+
+    def one(i: int) -> None:
+        try:
+            results[i] = cache.verify("u", "guess" if same else f"guess-{i}", stored)
+        except ServiceUnavailable as exc:
+            results[i] = exc
+
+    assert _threads(8, one) == [None] * 8
+    refused = [r for r in results if isinstance(r, ServiceUnavailable)]
+    # distinct: 1 running + 2 waiting for the slot; same: 1 running + 4 waiting for its result
+    assert results.count(False) == (5 if same else 3) and len(refused) == 8 - results.count(False), results
+    assert all(r.status == 503 and r.retry_after == 1 for r in refused)
+    assert running[1] == 1

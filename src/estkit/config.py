@@ -50,6 +50,12 @@ class ServerConfig:
     header_timeout_seconds: int = 15
     keepalive_timeout_seconds: int = 30
     max_connections: int = 0
+    # Failed authentications (wrong passwords, Basic or Digest) a client address,
+    # and a user name, may make a minute before 429 (estkit.server.throttle); 0: no limit.
+    auth_address_failures_per_minute: int = 10
+    auth_user_failures_per_minute: int = 30
+    # Password verifications (scrypt, 128 MiB each) at once per worker; 0: cores / workers, at least 1.
+    auth_max_parallel: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,9 @@ def load_config(directory: Path) -> Config:
             raise ConfigError(f"'server.{key}' must be positive")
     if server.max_connections < 0:
         raise ConfigError("'server.max_connections' must not be negative (0: from the open-file limit)")
+    for key in ("auth_address_failures_per_minute", "auth_user_failures_per_minute", "auth_max_parallel"):
+        if getattr(server, key) < 0:
+            raise ConfigError(f"'server.{key}' must not be negative")
     _split_listen(server.listen, "server.listen")
     if server.crl_listen:
         _split_listen(server.crl_listen, "server.crl_listen")

@@ -21,6 +21,7 @@ __all__ = [
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "Pending",
+    "TooManyRequests",
     "InternalError",
     "ServiceUnavailable",
     "error_for_status",
@@ -163,6 +164,17 @@ class Pending(EstError):
         super().__init__(reason, retry_after=retry_after, body_parts=body_parts)
 
 
+class TooManyRequests(EstError):
+    """429 (RFC 6585 §4): too many failed authentications from this address or
+    for this user name; ``retry_after`` seconds until the next attempt is heard.
+    The reason names the rule (the configuration key)."""
+
+    status = 429
+
+    def __init__(self, reason: str, *, retry_after: int | None = None) -> None:
+        super().__init__(reason, retry_after=retry_after)
+
+
 class InternalError(EstError):
     """500: the server failed (e.g. the store could not record a certificate)."""
 
@@ -179,7 +191,7 @@ class ServiceUnavailable(EstError):
 _BY_STATUS: dict[int, type[EstError]] = {
     cls.status: cls
     for cls in (BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
-                PayloadTooLarge, UnsupportedMediaType, InternalError, ServiceUnavailable)
+                PayloadTooLarge, UnsupportedMediaType, TooManyRequests, InternalError, ServiceUnavailable)
 }
 
 

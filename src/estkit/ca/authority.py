@@ -18,15 +18,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authz import Authorize
 from estkit.ca.identity import Enrollee, Identity, IdentityKind, RequestContext
-from estkit.ca.passwords import VerifyCache
+from estkit.ca.passwords import DUMMY_HASH, VerifyCache, needs_rehash
 from estkit.ca.policy import (REQUEST_VALIDATORS, EnrollRequest, Grant, Operation, RequestValidator, check_result,
                               shape_certificate)
-from estkit.ca.ports import (AuditEvent, Conflict, GuardFailed, IssuedCert, PendingRequest, PendingStatus, Store,
+from estkit.ca.ports import (AuditEvent, AuditEventType, Conflict, GuardFailed, IssuedCert, PendingRequest, PendingStatus, Store,
                              StoreError, UserRecord, utc_now)
 from estkit.ca.profile import Profile
 from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.signer import Signer
-from estkit.errors import BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, Unauthorized
+from estkit.errors import (BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, ServiceUnavailable,
+                           Unauthorized)
 from estkit.protocol import constants as c
 from estkit.protocol.csr import general_names_text, load_csr
 from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
@@ -68,7 +69,7 @@ class CertificateAuthority:
     def __init__(self, cas: Mapping[str, IssuingCA], profiles: Mapping[str, Profile], store: Store, *,
                  default_label: str, authorize: Authorize | None = None,
                  validators: Sequence[RequestValidator] = REQUEST_VALIDATORS,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now, passwords: VerifyCache | None = None) -> None:
         for p in profiles.values():
             if p.ca not in cas:
                 raise ValueError(f"label {p.label!r} names unknown CA {p.ca!r}")
@@ -84,7 +85,7 @@ class CertificateAuthority:
         self.supersede: Callable[[int, RequestContext], None] | None = None
         self.authorize = authorize if authorize is not None else Authorize()
         self.clock = clock
-        self._passwords = VerifyCache()
+        self._passwords = passwords or VerifyCache()
         self._cacerts = {name: certs_only(ca.published) for name, ca in self.cas.items()}
         # Certificates issued by any CA key of ours (the old root's too, after a rollover).
         self._ours: dict[bytes, list[x509.Certificate]] = {}
@@ -185,7 +186,7 @@ class CertificateAuthority:
                 cert = self._issue(req, key, grant)
         except EstError as exc:
             if exc.status >= 400:
-                self._audit_quietly(AuditEvent(event="refused", identity=str(ctx.identity), peer=ctx.peer,
+                self._audit_quietly(AuditEvent(event=AuditEventType.REFUSED, identity=str(ctx.identity), peer=ctx.peer,
                                                label=profile.label, csr_fingerprint=request.fingerprint,
                                                detail=f"{operation.value}: {exc.status} {exc.reason}"))
             raise
@@ -221,7 +222,7 @@ class CertificateAuthority:
                 not_after=cert.not_valid_after_utc, requester=str(req.ctx.identity),
                 key_type=key_type_of(public_key), csr_fingerprint=req.request.fingerprint,
                 der=cert.public_bytes(Encoding.DER), enrollee=req.ctx.identity.enrollee_name)
-            event = AuditEvent(event="issued", identity=str(req.ctx.identity), peer=req.ctx.peer,
+            event = AuditEvent(event=AuditEventType.ISSUED, identity=str(req.ctx.identity), peer=req.ctx.peer,
                                label=req.profile.label, csr_fingerprint=req.request.fingerprint, serial=serial,
                                detail=req.operation.value)
             try:
@@ -257,7 +258,7 @@ class CertificateAuthority:
             pend = self.store.get_pending(pend.id)
         if pend is None or pend.status == PendingStatus.EXPIRED:
             pend = self.store.add_pending(who, p.label, req.operation.value, fp, req.request.der, req.now, rkey)
-            self._audit_quietly(AuditEvent(event="pending", identity=who, peer=ctx.peer, label=p.label,
+            self._audit_quietly(AuditEvent(event=AuditEventType.PENDING, identity=who, peer=ctx.peer, label=p.label,
                                            csr_fingerprint=fp, detail=f"{req.operation.value}: request {pend.id}"))
         if pend.status == PendingStatus.PENDING:
             raise Pending(f"request {pend.id} is waiting for approval", retry_after=p.pending_retry_after)
@@ -313,11 +314,28 @@ class CertificateAuthority:
     # -- authentication -----------------------------------------------------
 
     def authenticate_user(self, name: str, password: str) -> Identity:
-        """HTTP Basic: the user's identity, or Unauthorized."""
+        """HTTP Basic: the user's identity, or Unauthorized.
+
+        The password is verified whether or not the user exists or is disabled
+        (an unknown name against a dummy hash of the current parameters), so a
+        wrong password costs the same either way: names are not found by timing.
+        A hash with older parameters is replaced by a current one."""
         user = self.store.get_user(name)
-        if user is None or user.disabled or not self._passwords.verify(name, password, user.password_hash):
+        ok = self._passwords.verify(name, password, user.password_hash if user is not None else DUMMY_HASH,
+                                    remember=user is not None and not user.disabled)
+        if user is None or user.disabled or not ok:
             raise Unauthorized("wrong user name or password")
+        if needs_rehash(user.password_hash):
+            try:  # compare-and-set: a password changed meanwhile is not overwritten
+                self.store.replace_password_hash(name, user.password_hash, self._passwords.rehash(name, password))
+            except (StoreError, ServiceUnavailable) as exc:  # verified all the same; upgraded next time
+                log.warning("cannot upgrade the password hash of %s: %s", name, exc)
         return self.user_identity(user)
+
+    def recently_verified(self, name: str, password: str) -> bool:
+        """True if these Basic credentials verified in this process within the last
+        minutes (no store access): the server need not count them as a guess."""
+        return self._passwords.known(name, password)
 
     def user_identity(self, user: UserRecord) -> Identity:
         """The identity of a user whose credentials verified (Basic or Digest),

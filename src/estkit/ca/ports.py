@@ -12,7 +12,8 @@ from typing import Protocol
 
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
            "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
-           "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now", "CertStatus", "CertQuery"]
+           "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now", "CertStatus", "CertQuery",
+           "AuditEventType"]
 
 
 def utc_now() -> datetime:
@@ -127,11 +128,27 @@ class UserRecord:
     digest_ha1: dict[str, str] | None = None
 
 
+class AuditEventType(StrEnum):
+    """Every kind of audit event, named once (``estkit audit --event`` offers these)."""
+
+    ISSUED = "issued"
+    REFUSED = "refused"
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+    UNREVOKED = "unrevoked"  # a certificateHold released (RFC 5280 §5.3.1)
+    ROLLOVER = "rollover"
+    # Failed logins and refused client certificates, aggregated per identity,
+    # reason and minute (estkit.server.authaudit).
+    AUTH_FAILED = "auth-failed"
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One recorded decision (issued, refused, pending, approved, rejected, revoked...)."""
 
-    event: str
+    event: str  # an AuditEventType value
     identity: str
     peer: str
     label: str
@@ -254,6 +271,10 @@ class UserStore(Protocol):
 
     def consume_one_time(self, name: str, at: datetime) -> bool:
         """Atomically mark a one-time user used; False if it already was."""
+
+    def replace_password_hash(self, name: str, old: str, new: str) -> bool:
+        """Set the user's password hash to ``new`` only if it is still ``old``
+        (nothing else of the row is touched); False otherwise."""
 
 
 class AuditLog(Protocol):

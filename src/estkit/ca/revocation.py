@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
-from estkit.ca.ports import AuditEvent, CrlRecord, StoredCert, StoreError
+from estkit.ca.ports import AuditEvent, AuditEventType, CrlRecord, StoredCert, StoreError
 from estkit.errors import BadRequest, EstError, InternalError, NotFound
 from estkit.protocol.constants import CRL_REASONS
 
@@ -85,7 +85,7 @@ class Revocation:
             try:
                 authorize(stored, cert)
             except EstError as exc:  # a refused revocation is a decision too: recorded
-                self._audit(AuditEvent(event="refused", identity=identity, peer=peer, label=stored.label,
+                self._audit(AuditEvent(event=AuditEventType.REFUSED, identity=identity, peer=peer, label=stored.label,
                                        serial=serial, detail=f"revoke: {exc.status} {exc.reason}"))
                 raise
         if stored.revoked:
@@ -100,7 +100,7 @@ class Revocation:
             raise NotFound(f"no certificate with serial {serial:x}")
         if result.revocation_reason != name:  # another revocation got there first
             return Revoked(result, changed=False)
-        self._audit(AuditEvent(event="revoked", identity=identity, peer=peer, label=stored.label, serial=serial,
+        self._audit(AuditEvent(event=AuditEventType.REVOKED, identity=identity, peer=peer, label=stored.label, serial=serial,
                                detail=detail))
         if result.ca in self.ca.cas:
             self.regenerate(result.ca)
@@ -120,7 +120,7 @@ class Revocation:
         result = self.ca.store.change_revocation(serial, expected_reason=HOLD, reason=None)
         if result is None:
             raise BadRequest(f"certificate {serial:x} changed meanwhile; try again")
-        self._audit(AuditEvent(event="unrevoked", identity=identity, peer=peer, label=stored.label, serial=serial,
+        self._audit(AuditEvent(event=AuditEventType.UNREVOKED, identity=identity, peer=peer, label=stored.label, serial=serial,
                                detail=f"{HOLD} released"))
         if result.ca in self.ca.cas:
             self.regenerate(result.ca)

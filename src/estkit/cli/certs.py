@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 from datetime import UTC, datetime
 
@@ -246,6 +247,7 @@ def crl_export(directory: str | None, ca_name: str, pem: bool, out: str) -> None
     data = x509.load_der_x509_crl(rec.der).public_bytes(Encoding.PEM) if pem else rec.der
     with open(out, "wb") as f:
         f.write(data)
+    os.chmod(out, 0o644)  # a CRL is public (RFC 5280 §5), whatever estkit's private umask
     click.echo(f"wrote CRL number {rec.number} to {out}", err=True)
 
 

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from estkit.ca.create import ca_name, make_ca_certificate, make_tls_certificate
 from estkit.ca.ports import AuditEvent, CertStore, IssuedCert
 from estkit.ca.signer import KeySigner, write_private_key
+from estkit.cli.perms import PUBLIC_MODE
 from estkit.config import CONFIG_NAME
 from estkit.protocol.csr import csr_fingerprint, general_names_text
 from estkit.protocol.keys import generate_key, key_type_of
@@ -25,7 +26,7 @@ class InitError(Exception):
     """``estkit init`` cannot proceed (e.g. a CA already exists)."""
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
@@ -126,7 +127,8 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     tls_cert = make_tls_certificate(tls_key, issuer, issuer_signer, names)
     write_private_key(directory / "tls/server.key", tls_key)
     _write(directory / "tls/server.pem", _pem(tls_cert, *([issuer] if intermediate else [])))
-    _write(directory / "ca.pem", _pem(root))
+    _write(directory / "ca.pem", _pem(root), PUBLIC_MODE)
+    os.chmod(directory / "ca.pem", PUBLIC_MODE)  # what clients trust: readable whatever the umask
     written += [directory / "tls/server.key", directory / "tls/server.pem", directory / "ca.pem"]
 
     _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(

@@ -75,6 +75,9 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
                  passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen)
     except (InitError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    from estkit.cli.perms import secure_dir
+    for fix in secure_dir(d):  # DIR existed before, made with a laxer mode
+        click.echo(f"fixed permissions: {fix}", err=True)
     click.echo(f"Initialised {d}: CA certificate for clients to trust: {d / 'ca.pem'}")
 
 
@@ -165,6 +168,8 @@ def _register_extensions() -> None:
 
 def main() -> None:
     """Console entry point."""
+    from estkit.cli.perms import private_umask
+    private_umask()  # keys, store (SQLite's -wal/-shm too), config: 0600 in a 0700 DIR
     _register_extensions()
     cli(prog_name="estkit")
 

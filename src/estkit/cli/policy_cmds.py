@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from estkit.ca.ports import AuditEventType
 from estkit.cli.users import parse_when, register_users
 
 __all__ = ["register"]
@@ -34,7 +35,8 @@ def _since(text: str | None) -> datetime | None:
 
 @click.command("audit")
 @_dir
-@click.option("--event", default=None, help="issued, refused, pending, approved, rejected or revoked.")
+@click.option("--event", default=None, type=click.Choice([e.value for e in AuditEventType]),
+              help="Only this kind of event (auth-failed: failed logins and refused certificates, per minute).")
 @click.option("--identity", default=None, help="e.g. user:alice or cert:CN=gw1 (exact).")
 @click.option("--label", default=None, help="CA label (exact).")
 @click.option("--serial", default=None, help="Certificate serial in hex.")

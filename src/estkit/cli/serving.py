@@ -39,15 +39,18 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                on_ready: Callable[[], object] | None = None) -> int:
     """Build everything once, bind, fork the workers and serve until stopped.
     ``on_ready`` runs once the port accepts connections (the quickstart's banner)."""
+    from estkit.cli.perms import secure_dir
+    for fix in secure_dir(cfg.dir):  # a DIR made by an older estkit, or by hand
+        log.warning("fixed permissions: %s", fix)
+    n = workers if workers is not None else cfg.server.workers
+    if n <= 0:
+        n = os.cpu_count() or 1
     store = build_store(cfg)
-    ca = build_authority(cfg, store)
+    ca = build_authority(cfg, store, workers=n)
     server = build_server(cfg, ca)
     trust = ca.trust_anchors() + [c for p in cfg.server.bootstrap_trust for c in load_pem_certs(cfg.path(p))]
     ssl_ctx = server_context(cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key), trust)
     host, port = split_listen(listen or cfg.server.listen, "--listen")
-    n = workers if workers is not None else cfg.server.workers
-    if n <= 0:
-        n = os.cpu_count() or 1
     extra = []
     if cfg.server.crl_listen:
         # The CRL over plain HTTP, where the certificates' CRL Distribution Points point.

@@ -12,15 +12,17 @@ from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
 from estkit.ca.identity import RequestContext
 from estkit.ca.ports import utc_now
+from estkit.ca.passwords import VerifyCache
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
 from estkit.server.app import EstServer
 from estkit.server.handlers import register_core
+from estkit.server.throttle import FailureThrottle, Rule
 from estkit.store import SqlStore, open_store
 
 __all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
-           "build_revocation", "load_cmc_secrets"]
+           "build_revocation", "load_cmc_secrets", "password_verifier"]
 
 log = logging.getLogger("estkit")
 
@@ -50,8 +52,16 @@ def build_store(config: Config) -> SqlStore:
     return open_store(config.store_url, clock=utc_now)
 
 
-def build_authority(config: Config, store: SqlStore | None = None) -> CertificateAuthority:
-    """The CA with every configured issuing CA and label."""
+def password_verifier(config: Config, workers: int = 1) -> VerifyCache:
+    """The password checks of one worker: ``server.auth_max_parallel`` scrypts at
+    once (0: the cores shared among the workers), each holding 128 MiB."""
+    n = config.server.auth_max_parallel or max(1, (os.cpu_count() or 1) // max(1, workers))
+    return VerifyCache(max_parallel=n)
+
+
+def build_authority(config: Config, store: SqlStore | None = None, *, workers: int = 1) -> CertificateAuthority:
+    """The CA with every configured issuing CA and label (``workers``: how many
+    server processes will share the machine's cores)."""
     cas: dict[str, IssuingCA] = {}
     for name, cc in config.cas.items():
         certs = load_pem_certs(config.path(cc.cert))
@@ -67,7 +77,8 @@ def build_authority(config: Config, store: SqlStore | None = None) -> Certificat
                               extra=tuple(extra))
     return CertificateAuthority(cas, config.labels, store or build_store(config),
                                 default_label=config.server.default_label,
-                                authorize=Authorize(config.policies), clock=utc_now)
+                                authorize=Authorize(config.policies), clock=utc_now,
+                                passwords=password_verifier(config, workers))
 
 
 def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
@@ -75,6 +86,10 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
+    sc = config.server
+    server.auth.throttle = FailureThrottle(
+        Rule("auth_address_failures_per_minute", sc.auth_address_failures_per_minute),
+        Rule("auth_user_failures_per_minute", sc.auth_user_failures_per_minute))
     if config.server.bootstrap_trust and not any(not p.kinds or "bootstrap" in p.kinds for p in config.policies):
         log.warning("server.bootstrap_trust is set but no [policies.NAME] applies to bootstrap identities: "
                     "any device of those manufacturers may request any name (docs/policy.md)")
@@ -85,7 +100,7 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
                     "(docs/policy.md)", ", ".join(ra_labels))
     if any(p.digest_auth for p in config.labels.values()):
         from estkit.server.digest import DigestAuth, load_secret
-        digest = DigestAuth(ca, config.server.realm, load_secret(config.dir))
+        digest = DigestAuth(ca, config.server.realm, load_secret(config.dir), guard=server.auth)
         server.auth.extra.append(digest.authenticate)
         server.auth.challenge_hooks.append(digest.challenges)
     from estkit.ca.cmc import CmcService

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, RequestContext
-from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, PayloadTooLarge,
+from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, PayloadTooLarge, TooManyRequests,
                            UnsupportedMediaType)
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
@@ -33,6 +33,9 @@ log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")
 
 _INFO = "estkit.info"
+# Seconds a 429 is held before it is sent: a closed-loop guesser then costs a
+# handshake a second, not hundreds (it holds one idle connection meanwhile).
+THROTTLE_PAUSE = 1.0
 
 
 @dataclass
@@ -109,6 +112,8 @@ class EstServer:
         """The aiohttp application."""
         app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
         app.on_response_prepare.append(server_header)
+        app.on_startup.append(self.auth.on_startup)  # failed authentications to the audit trail
+        app.on_cleanup.append(self.auth.on_cleanup)
         app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
         # Alias for clients that cannot put a CA label after /.well-known/est
         # (strongSwan 5.9.8's pki has no --label; it appends the path to --url).
@@ -186,6 +191,8 @@ class EstServer:
                 raise EstError("HTTP version not supported: use HTTP/1.1", status=505)
             resp = await handler(request)
         except EstError as exc:
+            if isinstance(exc, TooManyRequests):  # a guesser ignoring Retry-After must not spin on refusals
+                await asyncio.sleep(min(THROTTLE_PAUSE, exc.retry_after or 0))
             resp = error_response(exc, self.realm)
         except web.HTTPRequestEntityTooLarge:
             resp = error_response(PayloadTooLarge(f"request body over {self.max_body} bytes"), self.realm)

@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 
 from estkit.ca.authority import CertificateAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
-from estkit.errors import BadRequest, Unauthorized
+from estkit.errors import BadRequest, EstError, Unauthorized
+from estkit.server.authaudit import AuthFailureLog
+from estkit.server.throttle import FailureThrottle, Rule, address_of
 
 __all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "Presented", "ExtraAuth", "ChallengeHook"]
 
@@ -77,17 +82,67 @@ class Presented:
     tls_unique: bytes | None = None
     cert_der: bytes | None = None
     basic: tuple[str, str] | None = None
+    # The Basic attempt took its throttle tokens in advance (given back if it verifies).
+    reserved: bool = False
 
 
 class Authenticator:
     """Turns a request's credentials into a :class:`RequestContext`."""
 
-    def __init__(self, ca: CertificateAuthority, realm: str) -> None:
+    def __init__(self, ca: CertificateAuthority, realm: str, throttle: FailureThrottle | None = None) -> None:
         self.ca = ca
         self.realm = realm
         self.extra: list[ExtraAuth] = []
         self.challenges: list[str] = [f'Basic realm="{realm}", charset="UTF-8"']
         self.challenge_hooks: list[ChallengeHook] = []
+        self.throttle = throttle or FailureThrottle(Rule("auth_address_failures_per_minute", 10),
+                                                    Rule("auth_user_failures_per_minute", 30))
+        self.failures = AuthFailureLog(ca.store.audit)
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- failed authentication: throttle and audit ------------------------------------------
+
+    def check_password_attempt(self, peer: str, user: str, label: str | None, *, reserve: bool = False) -> None:
+        """429 before any verification while the address or the user name is
+        throttled; with ``reserve`` the attempt takes its tokens now (see
+        FailureThrottle.attempt)."""
+        blocked = self.throttle.attempt(peer, user) if reserve else self.throttle.check(peer, user)
+        if blocked is not None:
+            self.failures.record(blocked.who, address_of(peer), f"throttled by server.{blocked.rule.key}", label)
+            raise blocked.error()
+
+    def password_failed(self, peer: str, user: str, reason: str, label: str | None, *, counted: bool = False) -> None:
+        """Count a wrong password (Basic or Digest) for the throttle (unless its
+        attempt was ``counted`` in advance) and the audit trail."""
+        if not counted:
+            self.throttle.failed(peer, user)
+        self.failures.record(f"user:{user}", address_of(peer), reason, label)
+
+    def certificate_refused(self, peer: str, der: bytes, reason: str, label: str | None) -> None:
+        """Audit a client certificate the CA refused (not ours, revoked, expired...)."""
+        try:
+            who = "cert:" + x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        except ValueError:
+            who = "cert:?"
+        self.failures.record(who, address_of(peer), reason, label)
+
+    async def on_startup(self, _app: web.Application) -> None:
+        """Write the aggregated auth-failed events once a minute (aiohttp startup signal)."""
+        self._flusher = asyncio.create_task(self._flush_every_minute())
+
+    async def on_cleanup(self, _app: web.Application) -> None:
+        """Stop the writer and write what is left (aiohttp cleanup signal)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.failures.flush(everything=True))
+
+    async def _flush_every_minute(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(61 - time.time() % 60)  # just after each minute ends
+            await loop.run_in_executor(None, self.failures.flush)
 
     def challenges_for(self, label: str | None) -> tuple[str, ...]:
         """Every WWW-Authenticate value for a label: the hooks' (Digest), then Basic."""
@@ -104,6 +159,12 @@ class Authenticator:
         p.basic = basic_credentials(request.headers.get("Authorization"))
         if p.basic is not None and sslobj is None:
             raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
+        if p.basic is not None:
+            # Credentials this process verified lately are a known device's: not
+            # counted.  Others take their tokens now, so that a burst of guesses
+            # cannot start more verifications (128 MiB, 0.4 s each) than the limit.
+            p.reserved = not self.ca.recently_verified(*p.basic)
+            self.check_password_attempt(p.peer, p.basic[0], label, reserve=p.reserved)
         return p
 
     def deferrable(self, p: Presented) -> bool:
@@ -114,13 +175,22 @@ class Authenticator:
 
     def verify(self, p: Presented) -> tuple[Identity | None, Identity | None]:
         """Blocking (store): the client certificate's identity, then the Basic user's."""
-        cert_identity = self.ca.identify_certificate(p.cert_der) if p.cert_der is not None else None
+        cert_identity: Identity | None = None
+        if p.cert_der is not None:
+            try:
+                cert_identity = self.ca.identify_certificate(p.cert_der)
+            except EstError as exc:
+                self.certificate_refused(p.peer, p.cert_der, exc.reason, p.label)
+                raise
         user: Identity | None = None
         if p.basic is not None:
             try:
                 user = self.ca.authenticate_user(*p.basic)
             except Unauthorized as exc:
+                self.password_failed(p.peer, p.basic[0], exc.reason, p.label, counted=p.reserved)
                 raise Unauthorized(exc.reason, challenges=self.challenges_for(p.label)) from None
+            if p.reserved:
+                self.throttle.refund(p.peer, p.basic[0])
         return cert_identity, user
 
     def decide(self, p: Presented, cert_identity: Identity | None, user: Identity | None, *,

@@ -37,6 +37,7 @@ from estkit.ca.identity import Identity
 from estkit.ca.passwords import DIGEST_HASHES
 from estkit.errors import Unauthorized
 from estkit.protocol import constants as c
+from estkit.server.auth import Authenticator, peer_of
 
 __all__ = ["DigestAuth", "parse_digest", "load_secret", "uri_matches", "SECRET_FILE"]
 
@@ -98,8 +99,9 @@ class DigestAuth:
     """Issues Digest challenges and verifies Digest credentials."""
 
     def __init__(self, ca: CertificateAuthority, realm: str, secret: bytes, *, nonce_lifetime: int = 300,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, guard: Authenticator | None = None) -> None:
         self.ca = ca
+        self.guard = guard  # throttles and audits wrong passwords as for Basic
         self.realm = realm
         self._key = hmac.new(secret, b"estkit digest nonce v1", hashlib.sha256).digest()
         self.lifetime = nonce_lifetime
@@ -160,14 +162,19 @@ class DigestAuth:
             raise Unauthorized("Digest nonce expired", challenges=tuple(self.challenges(label, stale=True)))
         if state == "bad":
             raise Unauthorized("unknown Digest nonce")
+        if self.guard is not None:
+            self.guard.check_password_attempt(peer_of(request), params["username"], label)
         user = await asyncio.get_running_loop().run_in_executor(None, self.ca.store.get_user, params["username"])
         ha1 = (user.digest_ha1 or {}).get(alg) if user is not None else None
-        if user is None or ha1 is None:
-            raise Unauthorized("wrong user name or password")
-        h = DIGEST_HASHES[alg]
-        ha2 = hashlib.new(h, f"{request.method}:{params['uri']}".encode()).hexdigest()
-        expect = hashlib.new(h, ":".join((ha1, params["nonce"], params["nc"], params["cnonce"], "auth",
-                                          ha2)).encode()).hexdigest()
-        if not hmac.compare_digest(expect, params["response"].lower()):
+        expect = ""
+        if user is not None and ha1 is not None:
+            h = DIGEST_HASHES[alg]
+            ha2 = hashlib.new(h, f"{request.method}:{params['uri']}".encode()).hexdigest()
+            expect = hashlib.new(h, ":".join((ha1, params["nonce"], params["nc"], params["cnonce"], "auth",
+                                              ha2)).encode()).hexdigest()
+        if user is None or not expect or not hmac.compare_digest(expect, params["response"].lower()):
+            if self.guard is not None:
+                self.guard.password_failed(peer_of(request), params["username"], "wrong user name or password",
+                                           label)
             raise Unauthorized("wrong user name or password")
         return self.ca.user_identity(user)

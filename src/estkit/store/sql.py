@@ -320,6 +320,14 @@ class SqlStore:
         with self._tx(write=True) as conn:
             return conn.execute(sa_delete(_USERS).where(_USERS.c.name == name)).rowcount > 0
 
+    def replace_password_hash(self, name: str, old: str, new: str) -> bool:
+        # Only this column, guarded by the old value: a concurrent password change
+        # or one-time consumption is never undone by an upgrade of the hash.
+        with self._tx(write=True) as conn:
+            res = conn.execute(update(_USERS).where(_USERS.c.name == name, _USERS.c.password_hash == old)
+                               .values(password_hash=new))
+            return res.rowcount == 1
+
     def consume_one_time(self, name: str, at: datetime) -> bool:
         # One UPDATE guarded by "used_at IS NULL": of concurrent callers exactly one wins.
         with self._tx(write=True) as conn:

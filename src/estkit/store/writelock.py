@@ -41,7 +41,7 @@ class WriteLock:
             try:
                 # Read-only is enough to flock, so a lock file another user
                 # created (an operator's CLI run) still works for the server.
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 # Correctness does not depend on it: SQLite's own lock and busy timeout remain.
                 log.warning("cannot open %s (%s): writers wait in SQLite's busy handler", self.path, exc)

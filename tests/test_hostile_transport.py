@@ -253,7 +253,8 @@ def test_idle_keepalive_connection_is_closed(srv: ServerProcess) -> None:
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
         closed, _ = _closed_within(s, LIMITS["keepalive_timeout_seconds"] + 3)
-        assert closed and time.monotonic() - t0 >= LIMITS["keepalive_timeout_seconds"] - 0.5
+        # the timer started when the response left, half a second before t0 (and timers are coarse)
+        assert closed and time.monotonic() - t0 >= LIMITS["keepalive_timeout_seconds"] - 1.0
 
 
 def test_held_connections_cannot_lock_out_new_clients(srv: ServerProcess) -> None:

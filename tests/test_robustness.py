@@ -124,7 +124,8 @@ def test_corpus(env: Env) -> None:
     bad = _throw(env, cases)
     took = time.monotonic() - t0
     assert not bad, f"{len(bad)} of {len(cases)} cases (seed {SEED}):\n" + "\n".join(bad[:40])
-    assert took < 60, took
+    # A hang guard, not a speed test (about 12 s on a quiet machine; 170 s seen under three parallel suites).
+    assert took < 300, took
     _still_serving(env)
     rss1 = _rss_kb(env.srv.proc.pid)
     print(f"{len(cases)} cases in {took:.1f}s; server RSS {rss0 // 1024} -> {rss1 // 1024} MiB")  # shown with -s

@@ -12,6 +12,8 @@ from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
 from estkit.ca.identity import RequestContext
 from estkit.ca.ports import utc_now
+from estkit.ca.ocsp import OcspResponder
+from estkit.ca.ocsp_signer import ResponderKeys
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
@@ -20,7 +22,7 @@ from estkit.server.handlers import register_core
 from estkit.store import SqlStore, open_store
 
 __all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
-           "build_revocation", "load_cmc_secrets"]
+           "build_revocation", "load_cmc_secrets", "build_ocsp"]
 
 log = logging.getLogger("estkit")
 
@@ -105,6 +107,18 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
 def build_revocation(ca: CertificateAuthority) -> Revocation:
     """Revocation and CRLs for the CA."""
     return Revocation(ca)
+
+
+def build_ocsp(config: Config, ca: CertificateAuthority) -> tuple[OcspResponder, ResponderKeys]:
+    """The OCSP responder and its signing keys, current (delegated responder
+    certificates issued or renewed now, before any worker forks)."""
+    from datetime import timedelta
+    keys = ResponderKeys(ca, config.dir / "ocsp", config.server.ocsp_signer)
+    try:
+        keys.refresh()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"'server.ocsp_signer': {exc}") from None
+    return OcspResponder(ca, keys.get, next_update=timedelta(seconds=config.server.ocsp_next_update_seconds)), keys
 
 
 def load_cmc_secrets(config: Config) -> dict[str, dict[str, bytes]]:

@@ -135,10 +135,16 @@ def test_ok_good_then_revoked_via_the_certificates_aia(srv: ServerProcess, tmp_p
     assert "Reason: keyCompromise" in out and "Revocation Time:" in out
 
 
-def _foreign(tmp: Path, subject: x509.Name) -> tuple[Path, Path]:
+def _foreign(tmp: Path, subject: x509.Name, serial: int) -> tuple[Path, Path]:
+    """A CA that is not ours (maybe with our CA's name) and a leaf of it with a serial
+    our CA did issue: only the issuer key hash tells them apart (RFC 6960 §4.1.1)."""
     key = generate_key("ec:P-256")
     ca = make_ca_certificate(subject, key.public_key(), KeySigner(key), path_length=0)
     leaf = make_tls_certificate(generate_key("ec:P-256"), ca, KeySigner(key), ["foreign.example"])
+    leaf = KeySigner(key).sign_certificate(x509.CertificateBuilder(
+        issuer_name=leaf.issuer, subject_name=leaf.subject, public_key=leaf.public_key(), serial_number=serial,
+        not_valid_before=leaf.not_valid_before_utc, not_valid_after=leaf.not_valid_after_utc,
+        extensions=list(leaf.extensions)))
     (tmp / "foreign-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp / "foreign-leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     return tmp / "foreign-ca.pem", tmp / "foreign-leaf.pem"
@@ -157,7 +163,8 @@ def test_unknown_and_unauthorized(srv: ServerProcess, tmp_path: Path, case: str,
     else:
         ours = x509.load_pem_x509_certificate(srv.ca_pem.read_bytes()).subject
         subject = ours if case == "foreign-ca-same-name" else x509.Name.from_rfc4514_string("CN=Someone Else CA")
-        ca, leaf = _foreign(tmp_path, subject)
+        _cp, ours_issued = _enroll(srv, tmp_path, "ocsp-same-serial")
+        ca, leaf = _foreign(tmp_path, subject, ours_issued.serial_number)
         # Signed by our responder for a CertID naming another key: openssl's verification may
         # object; the status is what is checked here.
         out, err = _openssl_ocsp(ca, srv.ca_pem, url, "-cert", str(leaf), check=False)

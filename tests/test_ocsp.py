@@ -365,3 +365,30 @@ def test_config_refused(tmp_path: Path, key: str, value: Any, message: str) -> N
     write_config(tmp_path / "d", doc)
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path / "d")
+
+
+def test_store_down_gets_try_later(tmp_path: Path) -> None:
+    """RFC 6960 §2.3: with the store unreachable the responder says tryLater (no HTTP 500)."""
+    from support import postgres_server
+    port = free_port()
+    pg = postgres_server()
+    env = {"ESTKIT_STORE_URL": pg.__enter__()}
+    stopped = False
+    try:
+        with server(tmp_path / "d", init_args=("--crl-listen", f"127.0.0.1:{free_port()}"),
+                    configure=_ocsp_on(port), env=env) as s:
+            _wait_port(port)
+            leaf = tmp_path / "tls.pem"
+            leaf.write_bytes(x509.load_pem_x509_certificates((s.dir / "tls/server.pem").read_bytes())[0]
+                             .public_bytes(serialization.Encoding.PEM))
+            der = _request_der(s, leaf, tmp_path)
+            status, _t, data = _post(port, der)
+            assert status == 200 and ocsp.load_der_ocsp_response(data).certificate_status == ocsp.OCSPCertStatus.GOOD
+            pg.__exit__(None, None, None)
+            stopped = True
+            status, ctype, data = _post(port, der)
+            assert status == 200 and ctype == c.CT_OCSP_RESPONSE, data
+            assert ocsp.load_der_ocsp_response(data).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+    finally:
+        if not stopped:
+            pg.__exit__(None, None, None)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509 import ocsp
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
+from estkit.ca.ports import StoreError
 from estkit.ca.signer import Signer
 
 __all__ = ["OcspResponder", "ResponderKey", "key_hash_input", "MAX_NONCE"]
@@ -111,8 +112,8 @@ class OcspResponder:
         return got
 
     def respond(self, der: bytes) -> bytes:
-        """The DER OCSPResponse for a DER OCSPRequest; never raises for bad input
-        (RFC 6960 §2.3: malformedRequest, unauthorized)."""
+        """The DER OCSPResponse for a DER OCSPRequest; never raises (RFC 6960 §2.3:
+        malformedRequest, unauthorized, tryLater when the store fails, internalError)."""
         req = _parse(der)
         if req is None:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
@@ -129,7 +130,15 @@ class OcspResponder:
         if responder is None:
             # RFC 6960 §2.3: not a CA this server answers for.
             return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        return self._sign(responder, req, self._status(exact, req.serial))
+        try:
+            return self._sign(responder, req, self._status(exact, req.serial))
+        except StoreError as exc:
+            # RFC 6960 §2.3 tryLater: the status cannot be read now; a client may ask again.
+            log.error("OCSP: cannot read the store: %s", exc)
+            return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+        except Exception:  # RFC 6960 §2.3 internalError rather than an HTTP 500
+            log.exception("OCSP: cannot answer for CA %r", responder.name)
+            return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
 
     def _status(self, issuing: IssuingCA | None, serial: int) -> tuple[ocsp.OCSPCertStatus, datetime | None,
                                                                        x509.ReasonFlags | None]:

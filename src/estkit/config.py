@@ -41,6 +41,13 @@ class ServerConfig:
     realm: str = "estkit"
     access_log: bool = True
     crl_listen: str = ""
+    # The OCSP responder (RFC 6960) over plain HTTP: its own HOST:PORT, or the
+    # crl_listen value to share that listener ("" = off); who signs (a delegated
+    # responder certificate estkit issues and renews, or the CA key); how far
+    # ahead nextUpdate lies.
+    ocsp_listen: str = ""
+    ocsp_signer: str = "delegated"
+    ocsp_next_update_seconds: int = 3600
     # Hostile or broken clients (server/transport.py): a TLS handshake, the
     # first request header after it, a request header once started, and an
     # idle kept-alive connection each get this long; each worker keeps at most
@@ -159,6 +166,12 @@ def load_config(directory: Path) -> Config:
     _split_listen(server.listen, "server.listen")
     if server.crl_listen:
         _split_listen(server.crl_listen, "server.crl_listen")
+    if server.ocsp_listen:
+        _split_listen(server.ocsp_listen, "server.ocsp_listen")
+    if server.ocsp_signer not in ("delegated", "ca"):
+        raise ConfigError(f"'server.ocsp_signer' must be \"delegated\" or \"ca\", got {server.ocsp_signer!r}")
+    if server.ocsp_next_update_seconds <= 0:
+        raise ConfigError("'server.ocsp_next_update_seconds' must be positive")
 
     store = _table(doc, "store")
     for key in store:

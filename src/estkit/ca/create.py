@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from estkit.ca.signer import Signer
 
@@ -53,8 +53,10 @@ def make_ca_certificate(subject: x509.Name, public_key: CertificateIssuerPublicK
 
 
 def make_tls_certificate(key: CertificateIssuerPrivateKeyTypes, issuer: x509.Certificate, signer: Signer,
-                         hostnames: Sequence[str], *, days: int = 825) -> x509.Certificate:
-    """The EST server's TLS certificate: serverAuth, names as DNS or IP SANs."""
+                         hostnames: Sequence[str], *, days: int = 825, crl_url: str | None = None,
+                         ocsp_url: str | None = None) -> x509.Certificate:
+    """The EST server's TLS certificate: serverAuth, names as DNS or IP SANs,
+    and where its revocation status is published when given (RFC 5280 §4.2.1.13, §4.2.2.1)."""
     now = datetime.now(UTC)
     sans: list[x509.GeneralName] = []
     for h in hostnames:
@@ -79,4 +81,11 @@ def make_tls_certificate(key: CertificateIssuerPrivateKeyTypes, issuer: x509.Cer
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
                         critical=False))
+    if crl_url:
+        b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None,
+            crl_issuer=None)]), critical=False)
+    if ocsp_url:
+        b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
     return signer.sign_certificate(b)

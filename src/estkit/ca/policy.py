@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from estkit.ca.identity import IdentityKind, RequestContext
 from estkit.ca.ports import IssueGuard
@@ -239,7 +240,7 @@ def _profile_extensions(p: Profile, issuer: x509.Certificate) -> tuple[_Extensio
     once, in the places around the per-request ones: before the
     subjectKeyIdentifier (basicConstraints, keyUsage), between it and the
     subjectAltName (authorityKeyIdentifier, extendedKeyUsage), after the
-    subjectAltName (CRL distribution point)."""
+    subjectAltName (CRL distribution point, OCSP access)."""
     before_ski = (
         x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
         x509.Extension(x509.KeyUsage.oid, True, key_usage_extension(p.key_usage)))
@@ -253,10 +254,15 @@ def _profile_extensions(p: Profile, issuer: x509.Certificate) -> tuple[_Extensio
     if p.extended_key_usage:
         before_san.append(x509.Extension(x509.ExtendedKeyUsage.oid, False,
                                          x509.ExtendedKeyUsage([eku_oid(e) for e in p.extended_key_usage])))
-    after_san = (x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([
-        x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(p.crl_url)], relative_name=None,
-                               reasons=None, crl_issuer=None)])),) if p.crl_url else ()
-    return before_ski, tuple(before_san), after_san
+    after_san: list[x509.Extension[x509.ExtensionType]] = []
+    if p.crl_url:
+        after_san.append(x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([
+            x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(p.crl_url)], relative_name=None,
+                                   reasons=None, crl_issuer=None)])))
+    if p.ocsp_url:  # RFC 5280 §4.2.2.1 id-ad-ocsp: where clients ask (RFC 6960)
+        after_san.append(x509.Extension(x509.AuthorityInformationAccess.oid, False, x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(p.ocsp_url))])))
+    return before_ski, tuple(before_san), tuple(after_san)
 
 
 def check_result(cert: x509.Certificate, issuer: x509.Certificate) -> None:

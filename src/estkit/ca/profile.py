@@ -70,6 +70,9 @@ class Profile:
     pending_retry_after: int = 60
     pending_expiry_hours: int = 72
     crl_url: str | None = None
+    # The OCSP responder's URL, put in issued certificates' Authority Information
+    # Access (RFC 5280 §4.2.2.1, RFC 6960 Appendix A), e.g. "http://HOST:PORT/ocsp".
+    ocsp_url: str | None = None
     # identityProofV2 shared secrets (RFC 5272 §6.2): a file of "identification:secret"
     # lines ("":secret for requests without identification), relative to DIR.
     cmc_secrets_file: str | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.x509 import ocsp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -19,7 +20,7 @@ __all__ = ["Signer", "KeySigner", "load_signer", "write_private_key", "hash_for"
 
 
 class Signer(Protocol):
-    """Signs certificates and CRLs with a CA key it may never reveal."""
+    """Signs certificates, CRLs and OCSP responses with a CA key it may never reveal."""
 
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
         """The CA's public key."""
@@ -29,6 +30,9 @@ class Signer(Protocol):
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         """Sign a finished CRL builder."""
+
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+        """Sign a finished OCSP response builder (RFC 6960 §4.2.1 BasicOCSPResponse)."""
 
     def sign_data(self, data: bytes) -> bytes:
         """A raw signature over ``data`` with the key's natural hash (:func:`hash_for`):
@@ -66,6 +70,9 @@ class KeySigner:
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+        return builder.sign(self._key, self._hash)
 
     def sign_data(self, data: bytes) -> bytes:
         key = self._key

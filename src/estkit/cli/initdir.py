@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from estkit.protocol.csr import csr_fingerprint, general_names_text
 from estkit.protocol.keys import generate_key, key_type_of
 from estkit.store import open_store
 
-__all__ = ["init_dir", "InitError", "record_server_certificate"]
+__all__ = ["init_dir", "InitError", "record_server_certificate", "public_listen"]
 
 
 class InitError(Exception):
@@ -51,6 +53,8 @@ workers = 0                          # 0: one worker process per core
 default_label = "default"            # the label served at /.well-known/est/<op>
 realm = "estkit"
 crl_listen = "{crl_listen}"{crl_comment}
+ocsp_listen = "{ocsp_listen}"               # OCSP responder, RFC 6960 (HOST:PORT; = crl_listen: same listener; empty: off)
+ocsp_signer = "delegated"            # or "ca": sign OCSP responses with the CA key itself
 
 [store]
 url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db
@@ -69,7 +73,7 @@ extended_key_usage = ["clientAuth"]
 honour_san = true
 allowed_key_types = ["ec:P-256", "ec:P-384", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519"]
 require_linking = false
-{crl_url}"""
+{crl_url}{ocsp_url}"""
 
 
 def record_server_certificate(store: CertStore, cert: x509.Certificate, *, ca: str, requester: str,
@@ -86,11 +90,45 @@ def record_server_certificate(store: CertStore, cert: x509.Certificate, *, ca: s
                    detail=detail, at=datetime.now(UTC)))
 
 
+def public_listen(url: str) -> tuple[str, str]:
+    """``--public-url``: the base URL (no trailing slash) and the listening address
+    derived from it (an IP literal or localhost as given, any other name: all interfaces)."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port or 80
+    except ValueError:
+        raise InitError(f"--public-url {url!r}: bad port") from None
+    # RFC 5280 §4.2.1.13 / RFC 6960 Appendix A.1: relying parties fetch CRLs and
+    # OCSP over plain HTTP (https would need the very status it is to check).
+    if u.scheme != "http" or not u.hostname or u.path not in ("", "/") or u.query or u.fragment or u.username:
+        raise InitError(f"--public-url {url!r}: expected http://HOST[:PORT] (CRLs and OCSP are served "
+                        "over plain HTTP)")
+    host = u.hostname
+    try:
+        ip = ipaddress.ip_address(host)
+        listen_host = f"[{ip}]" if ip.version == 6 else str(ip)
+    except ValueError:
+        listen_host = "127.0.0.1" if host == "localhost" else "0.0.0.0"
+    base = f"http://{'[' + host + ']' if ':' in host else host}{'' if port == 80 else f':{port}'}"
+    return base, f"{listen_host}:{port}"
+
+
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
-             passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "") -> list[Path]:
+             passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "",
+             public_url: str = "") -> list[Path]:
     """Create everything ``estkit serve`` needs in ``directory``; refuses to
-    touch an existing CA.  Returns the files written."""
+    touch an existing CA.  Returns the files written.  With ``public_url``
+    (http://HOST[:PORT]) the CRL listener and the OCSP responder are turned on
+    there (one listener), and issued certificates, the TLS server's included, point to them."""
+    ocsp_listen = crl_base = ""
+    if public_url:
+        crl_base, derived = public_listen(public_url)
+        crl_listen = ocsp_listen = crl_listen or derived
+    elif crl_listen:
+        crl_base = f"http://{crl_listen}"
+    crl_url = f"{crl_base}/crl/default.crl" if crl_base else ""
+    ocsp_url = f"{crl_base}/ocsp" if public_url else ""
     if (directory / "ca").exists() or (directory / CONFIG_NAME).exists():
         raise InitError(f"{directory} already holds a CA; refusing to overwrite it")
     passphrase = None
@@ -124,7 +162,8 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
 
     names = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hostnames]))
     tls_key = generate_key("ec:P-256")
-    tls_cert = make_tls_certificate(tls_key, issuer, issuer_signer, names)
+    tls_cert = make_tls_certificate(tls_key, issuer, issuer_signer, names,  # without --public-url: as before
+                                    crl_url=crl_url if public_url else None, ocsp_url=ocsp_url or None)
     write_private_key(directory / "tls/server.key", tls_key)
     _write(directory / "tls/server.pem", _pem(tls_cert, *([issuer] if intermediate else [])))
     _write(directory / "ca.pem", _pem(root), PUBLIC_MODE)
@@ -133,10 +172,11 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
 
     _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(
         listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env,
-        crl_listen=crl_listen,
+        crl_listen=crl_listen, ocsp_listen=ocsp_listen,
         crl_comment="               # plain-HTTP CRL listener (HOST:PORT, empty: off)",
-        crl_url=(f'crl_url = "http://{crl_listen}/crl/default.crl"   # CRL Distribution Point of issued certs\n'
-                 if crl_listen else "")).encode())
+        crl_url=(f'crl_url = "{crl_url}"   # CRL Distribution Point of issued certs\n' if crl_url else ""),
+        ocsp_url=(f'ocsp_url = "{ocsp_url}"   # OCSP responder in issued certs (AIA)\n' if ocsp_url else "")
+    ).encode())
     written.append(directory / CONFIG_NAME)
 
     # Every certificate this CA signs is recorded, the server's own included.

@@ -61,8 +61,12 @@ def cli() -> None:
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="Default listen address.")
 @click.option("--crl-listen", default="", metavar="HOST:PORT",
               help="Serve CRLs over plain HTTP here; issued certificates then point to it (CRL Distribution Points).")
+@click.option("--public-url", default="", metavar="URL",
+              help="http://HOST[:PORT] where relying parties reach this server: turns on the CRL listener and the "
+                   "OCSP responder there and puts their URLs into issued certificates.")
 def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tuple[str, ...], ca_name: str,
-         passphrase_env: str, listen: str, crl_listen: str) -> None:
+         passphrase_env: str, listen: str, crl_listen: str,
+         public_url: str) -> None:
     """Create a new CA, TLS certificate and config in DIR."""
     from estkit.cli.initdir import InitError, init_dir
     d = resolve_dir(directory)
@@ -72,7 +76,8 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
         if crl_listen:
             split_listen(crl_listen, "--crl-listen")
         init_dir(d, key_type=kt, intermediate=intermediate, hostnames=hostnames, common_name=ca_name,
-                 passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen)
+                 passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen,
+                 public_url=public_url)
     except (InitError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     from estkit.cli.perms import secure_dir

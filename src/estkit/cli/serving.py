@@ -9,9 +9,9 @@ import signal
 import socket
 from collections.abc import Callable
 
-from estkit.cli.wiring import build_authority, build_server, build_store, load_pem_certs
+from estkit.cli.wiring import build_authority, build_revocation, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
-from estkit.protocol.constants import CRL_PATH
+from estkit.protocol.constants import CRL_PATH, OCSP_PATH
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
@@ -47,28 +47,42 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
         n = os.cpu_count() or 1
     store = build_store(cfg)
     ca = build_authority(cfg, store, workers=n)
-    server = build_server(cfg, ca)
+    revocation = build_revocation(ca)  # one per process: CMC revocations, superseded renewals, the CRL listener
+    server = build_server(cfg, ca, revocation)
     trust = ca.trust_anchors() + [c for p in cfg.server.bootstrap_trust for c in load_pem_certs(cfg.path(p))]
     ssl_ctx = server_context(cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key), trust)
     host, port = split_listen(listen or cfg.server.listen, "--listen")
     extra = []
-    if cfg.server.crl_listen:
+    sc = cfg.server
+    if sc.crl_listen:
         # The CRL over plain HTTP, where the certificates' CRL Distribution Points point.
-        from estkit.cli.wiring import build_revocation
         from estkit.server.crl import crl_app
-        revocation = build_revocation(ca)
         revocation.refresh()  # publish (or renew) every CRL before serving
-        crl_host, crl_port = split_listen(cfg.server.crl_listen, "server.crl_listen")
+        crl_host, crl_port = split_listen(sc.crl_listen, "server.crl_listen")
         crl_sock = _bind(crl_host, crl_port, "server.crl_listen")
         extra.append((lambda: crl_app(revocation), crl_sock))
         log.info("serving CRLs on http://%s:%d%s/<ca>.crl", crl_host, crl_sock.getsockname()[1], CRL_PATH)
+    if sc.ocsp_listen:
+        # The OCSP responder (RFC 6960), where the certificates' AIA points; its
+        # delegated certificates are issued or renewed here, before the workers fork.
+        from estkit.cli.wiring import build_ocsp
+        from estkit.server.crl import crl_app
+        from estkit.server.ocsp import add_ocsp, ocsp_app
+        responder, keys = build_ocsp(cfg, ca)
+        if sc.ocsp_listen == sc.crl_listen:  # one listener serves both paths
+            extra[-1] = (lambda: add_ocsp(crl_app(revocation), responder, keys.refresh), crl_sock)
+            ocsp_sock = crl_sock
+        else:
+            ocsp_sock = _bind(*split_listen(sc.ocsp_listen, "server.ocsp_listen"), "server.ocsp_listen")
+            extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
+        log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
+                 "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     sock = _bind(host, port, "server.listen", reuse_port=n > 1)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
-    sc = cfg.server
     limits = Limits(handshake_timeout=sc.handshake_timeout_seconds, header_timeout=sc.header_timeout_seconds,
                     keepalive_timeout=sc.keepalive_timeout_seconds,
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)

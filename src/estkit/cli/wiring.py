@@ -12,6 +12,8 @@ from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.authz import Authorize
 from estkit.ca.identity import RequestContext
 from estkit.ca.ports import utc_now
+from estkit.ca.ocsp import OcspResponder
+from estkit.ca.ocsp_signer import ResponderKeys
 from estkit.ca.passwords import VerifyCache
 from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
@@ -22,7 +24,7 @@ from estkit.server.throttle import FailureThrottle, Rule
 from estkit.store import SqlStore, open_store
 
 __all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
-           "build_revocation", "load_cmc_secrets", "password_verifier"]
+           "build_revocation", "load_cmc_secrets", "password_verifier", "build_ocsp"]
 
 log = logging.getLogger("estkit")
 
@@ -81,8 +83,9 @@ def build_authority(config: Config, store: SqlStore | None = None, *, workers: i
                                 passwords=password_verifier(config, workers))
 
 
-def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
-    """The EST server with every operation this build offers."""
+def build_server(config: Config, ca: CertificateAuthority, revocation: Revocation | None = None) -> EstServer:
+    """The EST server with every operation this build offers; ``revocation``
+    is the process's one Revocation (the CRL listener shares it), else built here."""
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
                        access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
     register_core(server)
@@ -108,7 +111,7 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
     from estkit.server.handlers_cmc import register_cmc
     from estkit.server.handlers_keygen import register_keygen
     register_keygen(server, ServerKeyGen(ca))
-    revocation = build_revocation(ca)
+    revocation = revocation if revocation is not None else build_revocation(ca)
 
     def supersede(serial: int, ctx: RequestContext) -> None:  # revoke_superseded labels (RFC 5280 §5.3.1)
         revocation.revoke(serial, "superseded", identity=str(ctx.identity), peer=ctx.peer)
@@ -120,6 +123,18 @@ def build_server(config: Config, ca: CertificateAuthority) -> EstServer:
 def build_revocation(ca: CertificateAuthority) -> Revocation:
     """Revocation and CRLs for the CA."""
     return Revocation(ca)
+
+
+def build_ocsp(config: Config, ca: CertificateAuthority) -> tuple[OcspResponder, ResponderKeys]:
+    """The OCSP responder and its signing keys, current (delegated responder
+    certificates issued or renewed now, before any worker forks)."""
+    from datetime import timedelta
+    keys = ResponderKeys(ca, config.dir / "ocsp", config.server.ocsp_signer)
+    try:
+        keys.refresh()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"'server.ocsp_signer': {exc}") from None
+    return OcspResponder(ca, keys.get, next_update=timedelta(seconds=config.server.ocsp_next_update_seconds)), keys
 
 
 def load_cmc_secrets(config: Config) -> dict[str, dict[str, bytes]]:

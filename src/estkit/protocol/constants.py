@@ -70,6 +70,7 @@ __all__ += [
     "OID_CMC_REVOKE_REQUEST", "OID_SHA256", "OID_SHA384", "OID_SHA512", "OID_HMAC_SHA256",
     "OID_ECDSA_SHA512", "OID_RSAES_OAEP", "OID_AES256_CBC", "OID_AES128_CBC", "OID_AES256_WRAP",
     "OID_AES128_WRAP", "OID_ECDH_SHA256_KDF", "OID_ECDH_SHA384_KDF", "CT_PKIX_CRL", "CRL_PATH",
+    "CT_OCSP_REQUEST", "CT_OCSP_RESPONSE", "OCSP_PATH",
 ]
 OID_DATA = ObjectIdentifier("1.2.840.113549.1.7.1")
 OID_SIGNED_DATA = ObjectIdentifier("1.2.840.113549.1.7.2")
@@ -106,6 +107,10 @@ OID_ECDH_SHA384_KDF = ObjectIdentifier("1.3.132.1.11.2")
 # RFC 5280 §4.2.1.13 / RFC 2585: CRLs over plain HTTP, DER.
 CT_PKIX_CRL = "application/pkix-crl"
 CRL_PATH = "/crl"
+# RFC 6960 Appendix A.1 / C: OCSP over HTTP (POST body or base64 in the GET path).
+CT_OCSP_REQUEST = "application/ocsp-request"
+CT_OCSP_RESPONSE = "application/ocsp-response"
+OCSP_PATH = "/ocsp"
 
 # RFC 5280 §5.3.1 CRLReason codes by their ASN.1 names (the names `estkit revoke`,
 # the store and `estclient fullcmc revoke` use); 7 is unused.

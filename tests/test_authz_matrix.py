@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from policy_support import MFG_CA, enroll, issue_cert, last_audit, manufacturer
+from policy_support import MFG_CA, enroll, last_audit, manufacturer
 from support import ServerProcess, estkit, init_server_dir, server
 
 from estkit.protocol import constants as c

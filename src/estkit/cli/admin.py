@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 from estkit.ca.authority import CertificateAuthority
 from estkit.ca.ports import PendingStatus
+from estkit.cli.common import DirOption, config_for
 from estkit.errors import EstError
 
 __all__ = ["register"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _ca(directory: str | None) -> CertificateAuthority:
-    from estkit.cli.main import _config
     from estkit.cli.wiring import build_authority
-    return build_authority(_config(directory))
+    return build_authority(config_for(directory))
 
 
-def _dir(f: F) -> F:
-    from estkit.cli.main import DirOption
-    return DirOption(f)
+_dir = DirOption
 
 
 @click.group()

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from estkit.ca.create import make_ca_certificate, make_tls_certificate
 from estkit.ca.ports import AuditEventType
+from estkit.cli.common import config_for
 from estkit.ca.signer import KeySigner, load_signer, write_private_key
 from estkit.cli.initdir import record_server_certificate
 from estkit.config import ConfigError
@@ -63,9 +64,8 @@ def ca_group() -> None:
 @click.option("--ca", "ca_name", default="default", show_default=True, help="Which [cas.NAME] to roll over.")
 def rollover(directory: str | None, ca_name: str) -> None:
     """Replace a root CA's key: new root, link certificates, new TLS certificate."""
-    from estkit.cli.main import _config
     from estkit.cli.wiring import build_store, load_pem_certs, passphrase_for
-    cfg = _config(directory)
+    cfg = config_for(directory)
     cc = cfg.cas.get(ca_name)
     if cc is None:
         raise click.ClickException(f"no CA {ca_name!r} in the config")

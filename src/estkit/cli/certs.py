@@ -14,22 +14,20 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from estkit.ca.ports import CertQuery, CertStatus, StoredCert, StoreError
-from estkit.config import ConfigError, load_config, resolve_dir
+from estkit.cli.common import DirOption, config_for
 from estkit.errors import EstError
 
 __all__ = ["register"]
 
 
-def _dir_option(f):  # type: ignore[no-untyped-def]
-    return click.option("--dir", "directory", default=None, metavar="DIR",
-                        help="Data directory (default: $ESTKIT_DIR, then ./estkit-data).")(f)
+_dir_option = DirOption
 
 
 def _revocation(directory: str | None):  # type: ignore[no-untyped-def]
     from estkit.cli.wiring import build_authority, build_revocation
     try:
-        return build_revocation(build_authority(load_config(resolve_dir(directory))))
-    except (ConfigError, StoreError) as exc:
+        return build_revocation(build_authority(config_for(directory)))
+    except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -111,8 +109,8 @@ def _cn(subject: str) -> list[str]:
 def _store(directory: str | None):  # type: ignore[no-untyped-def]
     from estkit.cli.wiring import build_store
     try:
-        return build_store(load_config(resolve_dir(directory)))
-    except (ConfigError, StoreError) as exc:
+        return build_store(config_for(directory))
+    except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -5,36 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import click
 
 from estkit.ca.passwords import generate_password, hash_password
 from estkit.ca.ports import StoreError, UserRecord
-from estkit.config import Config, ConfigError, load_config, resolve_dir, split_listen
+from estkit.cli.common import DirOption, config_for
+from estkit.config import ConfigError, resolve_dir, split_listen
 from estkit.protocol.keys import check_key_type_name
 
-__all__ = ["main", "cli", "DirOption"]
+__all__ = ["main", "cli"]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _dir_option(f: F) -> F:
-    return click.option("--dir", "directory", default=None, metavar="DIR",
-                        help="Data directory (default: $ESTKIT_DIR, then ./estkit-data).")(f)
-
-
-DirOption = _dir_option
-
-
-def _config(directory: str | None) -> Config:
-    try:
-        return load_config(resolve_dir(directory))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -50,7 +35,7 @@ def cli() -> None:
 
 
 @cli.command()
-@_dir_option
+@DirOption
 @click.option("--key-type", default="ec:P-256", show_default=True,
               help="CA key: ec:P-256, ec:P-384, rsa:2048, rsa:3072, rsa:4096 or ed25519.")
 @click.option("--intermediate", is_flag=True, help="Issue from an intermediate CA under the root.")
@@ -92,14 +77,14 @@ def user() -> None:
 
 
 @cli.command()
-@_dir_option
+@DirOption
 @click.option("--listen", default=None, help="HOST:PORT (default: server.listen of the config).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: config, 0 = cores).")
 @click.option("--verbose", is_flag=True)
 def serve(directory: str | None, listen: str | None, workers: int | None, verbose: bool) -> None:
     """Serve EST over HTTPS until SIGTERM or SIGINT."""
     _setup_logging(verbose)
-    cfg = _config(directory)
+    cfg = config_for(directory)
     from estkit.cli.serving import run_server
     try:
         code = run_server(cfg, listen=listen, workers=workers)
@@ -109,7 +94,7 @@ def serve(directory: str | None, listen: str | None, workers: int | None, verbos
 
 
 @cli.command()
-@_dir_option
+@DirOption
 @click.option("--listen", default="127.0.0.1:8443", show_default=True)
 def quickstart(directory: str | None, listen: str) -> None:
     """Initialise DIR on first run (CA, demo user), print how to enroll, and serve."""
@@ -120,7 +105,7 @@ def quickstart(directory: str | None, listen: str) -> None:
         init_dir(d, listen=listen)
         password = generate_password()
         from estkit.cli.wiring import build_store
-        build_store(_config(str(d))).add_user(UserRecord(name="demo", password_hash=hash_password(password),
+        build_store(config_for(str(d))).add_user(UserRecord(name="demo", password_hash=hash_password(password),
                                                          created_at=datetime.now(UTC)))
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -151,24 +136,19 @@ Stop with Ctrl-C.
     try:
         # The banner once the port listens: a port in use is one line, never a banner and a traceback.
         # Workers as config.toml says (0: one per core), like `estkit serve`.
-        code = run_server(_config(str(d)), listen=listen, on_ready=lambda: click.echo(banner))
+        code = run_server(config_for(str(d)), listen=listen, on_ready=lambda: click.echo(banner))
     except (ConfigError, StoreError, ListenError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
 def _register_extensions() -> None:
-    """Subcommands that live in their own modules."""
-    import importlib
-    for mod in ("estkit.cli.admin", "estkit.cli.ca_cmds", "estkit.cli.certs", "estkit.cli.policy_cmds",
-                "estkit.cli.backup"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        m.register(cli)
+    """The command groups that live in their own modules, one module per group
+    (imported here, at start, so that a broken module fails loudly)."""
+    from estkit.cli import admin, backup, ca_cmds, certs, policy_cmds, users
+    users.register_users(user, DirOption)
+    for module in (admin, ca_cmds, certs, policy_cmds, backup):
+        module.register(cli)
 
 
 def main() -> None:

@@ -1,32 +1,28 @@
-"""Authorization commands: ``estkit user ...`` (estkit.cli.users), ``estkit audit``
-and ``estkit bootstrap list/allow`` (once-only enrollments)."""
+"""Authorization commands: ``estkit audit`` and ``estkit bootstrap list/allow``
+(once-only enrollments); ``estkit user ...`` is estkit.cli.users."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from estkit.ca.ports import AuditEventType
-from estkit.cli.users import parse_when, register_users
+from estkit.cli.common import DirOption, config_for
+from estkit.cli.users import parse_when
 
 __all__ = ["register"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _dir(f: F) -> F:
-    from estkit.cli.main import DirOption
-    return DirOption(f)
+_dir = DirOption
 
 
 def _store(directory: str | None) -> Any:
-    from estkit.cli.main import _config
     from estkit.cli.wiring import build_store
-    return build_store(_config(directory))
+    return build_store(config_for(directory))
 
 
 def _since(text: str | None) -> datetime | None:
@@ -90,9 +86,5 @@ def bootstrap_allow(key: str, directory: str | None) -> None:
 
 def register(cli: click.Group) -> None:
     """Add the authorization commands to ``estkit``."""
-    from estkit.cli.main import DirOption
-    user = cli.commands["user"]
-    assert isinstance(user, click.Group)
-    register_users(user, DirOption)
     cli.add_command(audit)
     cli.add_command(bootstrap)

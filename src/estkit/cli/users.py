@@ -18,6 +18,7 @@ from estkit.ca.identity import Identity, IdentityKind
 from estkit.ca.passwords import digest_ha1, generate_password, hash_password
 from estkit.ca.ports import Conflict, UserRecord
 from estkit.ca.rules import POLICY_KEYS, Policy, PolicyError, policy_from_mapping
+from estkit.cli.common import config_for
 
 __all__ = ["register_users", "parse_expiry", "parse_when"]
 
@@ -95,9 +96,8 @@ def _password(password_stdin: bool, generate: bool) -> tuple[str, bool]:
 
 
 def _store_and_realm(directory: str | None, labels: tuple[str, ...] = ()) -> tuple[Any, str, tuple[Policy, ...]]:
-    from estkit.cli.main import _config
     from estkit.cli.wiring import build_store
-    cfg = _config(directory)
+    cfg = config_for(directory)
     for label in labels:
         if label not in cfg.labels:
             raise click.BadParameter(f"unknown label {label!r} (configured: {', '.join(cfg.labels)})",

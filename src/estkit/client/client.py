@@ -26,7 +26,7 @@ from estkit.client.errors import CsrAttrsWarning, ProtocolError, TrustError
 from estkit.client.responses import (certificates, error_from, issued_certificate, parse_retry_after, payload_der,
                                      read_serverkeygen)
 from estkit.client.transport import BodyFor, Endpoint, Response, Transport
-from estkit.errors import BadRequest, EstError, Pending
+from estkit.errors import BadRequest, EstError
 from estkit.protocol import constants as c
 from estkit.protocol.cmc_cms import CmsError
 from estkit.protocol.csrattrs import CsrAttrs, decode_csrattrs, key_types_from

@@ -105,7 +105,7 @@ def decode_csrattrs(der: bytes) -> CsrAttrs:
     """Parse DER ``CsrAttrs``; raises BadRequest when it is not one."""
     try:
         seq, rest = decoder.decode(der, asn1Spec=rfc7030.CsrAttrs(), decodeOpenTypes=False)
-    except PyAsn1Error as exc:
+    except PyAsn1Error:
         # pyasn1's message dumps whole schemas: keep the reason one short line.
         raise BadRequest("not a CsrAttrs structure (RFC 7030 §4.5.2: a DER SEQUENCE OF AttrOrOID)") from None
     if rest:

@@ -332,6 +332,14 @@ class CertificateAuthority:
                 log.warning("cannot upgrade the password hash of %s: %s", name, exc)
         return self.user_identity(user)
 
+    def find_user(self, name: str) -> UserRecord | None:
+        """A user's record, or None (HTTP Digest reads its stored HA1)."""
+        return self.store.get_user(name)
+
+    def record(self, event: AuditEvent) -> None:
+        """Append an event to the audit trail (StoreError when it cannot)."""
+        self.store.audit(event)
+
     def recently_verified(self, name: str, password: str) -> bool:
         """True if these Basic credentials verified in this process within the last
         minutes (no store access): the server need not count them as a guess."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from estkit.ca.authority import CertificateAuthority
+from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, RequestContext
 from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, PayloadTooLarge, TooManyRequests,
                            UnsupportedMediaType)
@@ -69,9 +69,9 @@ class Operation:
 
 
 class EstServer:
-    """The aiohttp application around a CertificateAuthority."""
+    """The aiohttp application around the CA (any EstAuthority)."""
 
-    def __init__(self, ca: CertificateAuthority, *, realm: str = "estkit", max_body: int = 65536,
+    def __init__(self, ca: EstAuthority, *, realm: str = "estkit", max_body: int = 65536,
                  access_log: bool = True, body_timeout: float = 30.0) -> None:
         self.ca = ca
         self.realm = realm

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from estkit.ca.authority import CertificateAuthority
+from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, EstError, Unauthorized
 from estkit.server.authaudit import AuthFailureLog
@@ -89,7 +89,7 @@ class Presented:
 class Authenticator:
     """Turns a request's credentials into a :class:`RequestContext`."""
 
-    def __init__(self, ca: CertificateAuthority, realm: str, throttle: FailureThrottle | None = None) -> None:
+    def __init__(self, ca: EstAuthority, realm: str, throttle: FailureThrottle | None = None) -> None:
         self.ca = ca
         self.realm = realm
         self.extra: list[ExtraAuth] = []
@@ -97,7 +97,7 @@ class Authenticator:
         self.challenge_hooks: list[ChallengeHook] = []
         self.throttle = throttle or FailureThrottle(Rule("auth_address_failures_per_minute", 10),
                                                     Rule("auth_user_failures_per_minute", 30))
-        self.failures = AuthFailureLog(ca.store.audit)
+        self.failures = AuthFailureLog(ca.record)
         self._flusher: asyncio.Task[None] | None = None
 
     # -- failed authentication: throttle and audit ------------------------------------------

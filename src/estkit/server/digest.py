@@ -32,7 +32,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from estkit.ca.authority import CertificateAuthority
+from estkit.server.ports import EstAuthority
 from estkit.ca.identity import Identity
 from estkit.ca.passwords import DIGEST_HASHES
 from estkit.errors import Unauthorized
@@ -98,7 +98,7 @@ def uri_matches(uri: str, target: str, label: str | None) -> bool:
 class DigestAuth:
     """Issues Digest challenges and verifies Digest credentials."""
 
-    def __init__(self, ca: CertificateAuthority, realm: str, secret: bytes, *, nonce_lifetime: int = 300,
+    def __init__(self, ca: EstAuthority, realm: str, secret: bytes, *, nonce_lifetime: int = 300,
                  clock: Callable[[], float] = time.time, guard: Authenticator | None = None) -> None:
         self.ca = ca
         self.guard = guard  # throttles and audits wrong passwords as for Basic
@@ -164,7 +164,7 @@ class DigestAuth:
             raise Unauthorized("unknown Digest nonce")
         if self.guard is not None:
             self.guard.check_password_attempt(peer_of(request), params["username"], label)
-        user = await asyncio.get_running_loop().run_in_executor(None, self.ca.store.get_user, params["username"])
+        user = await asyncio.get_running_loop().run_in_executor(None, self.ca.find_user, params["username"])
         ha1 = (user.digest_ha1 or {}).get(alg) if user is not None else None
         expect = ""
         if user is not None and ha1 is not None:

@@ -71,11 +71,6 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
     click.echo(f"Initialised {d}: CA certificate for clients to trust: {d / 'ca.pem'}")
 
 
-@cli.group()
-def user() -> None:
-    """Manage HTTP Basic (and Digest) users: add, list, show, set, remove (estkit.cli.users)."""
-
-
 @cli.command()
 @DirOption
 @click.option("--listen", default=None, help="HOST:PORT (default: server.listen of the config).")
@@ -146,7 +141,7 @@ def _register_extensions() -> None:
     """The command groups that live in their own modules, one module per group
     (imported here, at start, so that a broken module fails loudly)."""
     from estkit.cli import admin, backup, ca_cmds, certs, policy_cmds, users
-    users.register_users(user, DirOption)
+    cli.add_command(users.user)
     for module in (admin, ca_cmds, certs, policy_cmds, backup):
         module.register(cli)
 

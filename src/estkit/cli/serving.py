@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 
 from estkit.cli.wiring import build_authority, build_revocation, build_server, build_store, load_pem_certs
@@ -79,7 +80,7 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     sock = _bind(host, port, "server.listen", reuse_port=n > 1)
     store.close()  # workers open their own connections
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
@@ -88,7 +89,20 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
-                 on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"))
+                 on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
+                 on_reload=lambda: _reload_tls(cfg, ssl_ctx))
+
+
+def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:
+    """SIGHUP: the TLS certificate and key from disk into this worker's context.
+    New handshakes get them; established connections keep theirs."""
+    cert, key = cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key)
+    try:
+        ssl_ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: cannot reload the TLS certificate from %s (%s); still serving the old one", cert, exc)
+        return
+    log.info("reloaded the TLS certificate from %s", cert)
 
 
 def _ready(then: Callable[[], object] | None) -> None:

@@ -28,7 +28,8 @@ from estkit.server.transport import EstSite
 __all__ = ["serve", "bind"]
 
 log = logging.getLogger("estkit.server")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Held while starting (a SIGHUP before its handler would kill the process), delivered once handled.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -69,11 +70,14 @@ def _worker_sockets(sock: socket.socket, workers: int) -> list[socket.socket]:
 
 async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
                       ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]],
-                      limits: Limits, on_stop: Callable[[], object] | None = None) -> None:
+                      limits: Limits, on_stop: Callable[[], object] | None = None,
+                      on_reload: Callable[[], object] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: reload what on_reload reloads (the TLS certificate); open connections keep theirs.
+    loop.add_signal_handler(signal.SIGHUP, on_reload if on_reload is not None else (lambda: None))
     # A SIGTERM that arrived while starting was held (see serve); deliver it now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     runners: list[web.AppRunner] = []
@@ -106,7 +110,7 @@ def _loop_run(coro_factory: Callable[[], object]) -> None:
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *,
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
           on_ready: Callable[[], object] | None = None, on_stop: Callable[[], object] | None = None,
-          limits: Limits | None = None) -> int:
+          on_reload: Callable[[], object] | None = None, limits: Limits | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop).
     ``on_ready`` runs once the port accepts connections, ``on_stop`` when a stop begins."""
     # The socket already accepts connections: hold stop signals until handlers
@@ -117,7 +121,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
     if workers <= 1:
         if on_ready:
             on_ready()
-        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim, on_stop))
+        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim, on_stop, on_reload))
         return 0
     socks = _worker_sockets(sock, workers)
 
@@ -130,7 +134,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
                 for s in socks:
                     if s is not own:
                         s.close()  # each worker holds only its own socket of the group
-                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra, lim))
+                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra, lim, on_reload=on_reload))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -162,8 +166,16 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
             except ProcessLookupError:
                 pass
 
+    def _forward_reload(signum: int, _frame: object) -> None:
+        for child in children:  # each worker reloads its own copy of the TLS context
+            try:
+                os.kill(child, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGHUP, _forward_reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if on_ready:
         on_ready()

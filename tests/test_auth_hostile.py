@@ -31,6 +31,8 @@ PKCS10 = {"Content-Type": "application/pkcs10"}
 # (low: a bucket refills at its rate a minute, and the tests must outpace the refill).
 PER_ADDRESS, PER_USER = 4, 12
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @dataclass
 class Answer:

@@ -33,6 +33,8 @@ WK = c.WELL_KNOWN
 LIMITS = {"handshake_timeout_seconds": 2, "header_timeout_seconds": 2, "keepalive_timeout_seconds": 3,
           "max_connections": 20}
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 def _configure(doc: dict[str, Any]) -> None:
     doc["server"].update(LIMITS)

@@ -18,6 +18,8 @@ from estkit.protocol.keys import generate_key
 
 PUBLIC = {"ca.pem"}
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 def _modes(d: Path) -> dict[str, int]:
     """Mode of DIR ("."), every directory and every file estkit wrote (test logs excluded)."""

@@ -33,6 +33,8 @@ USER, PW = "alice", "secret-pw-123"
 SEED = int(os.environ.get("ESTKIT_FUZZ_SEED", "11"))
 RSS_GROWTH_LIMIT_KB = 150 * 1024
 
+pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
+
 
 @dataclass
 class Env:

@@ -41,6 +41,8 @@ class ServerConfig:
     realm: str = "estkit"
     access_log: bool = True
     crl_listen: str = ""
+    # Prometheus /metrics over plain HTTP (estkit.server.metrics); empty: off.
+    metrics_listen: str = ""
     # Hostile or broken clients (server/transport.py): a TLS handshake, the
     # first request header after it, a request header once started, and an
     # idle kept-alive connection each get this long; each worker keeps at most
@@ -159,6 +161,8 @@ def load_config(directory: Path) -> Config:
     _split_listen(server.listen, "server.listen")
     if server.crl_listen:
         _split_listen(server.crl_listen, "server.crl_listen")
+    if server.metrics_listen:
+        _split_listen(server.metrics_listen, "server.metrics_listen")
 
     store = _table(doc, "store")
     for key in store:

@@ -51,6 +51,7 @@ workers = 0                          # 0: one worker process per core
 default_label = "default"            # the label served at /.well-known/est/<op>
 realm = "estkit"
 crl_listen = "{crl_listen}"{crl_comment}
+metrics_listen = "{metrics_listen}"         # Prometheus /metrics over plain HTTP (HOST:PORT, empty: off)
 
 [store]
 url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db
@@ -88,7 +89,8 @@ def record_server_certificate(store: CertStore, cert: x509.Certificate, *, ca: s
 
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
-             passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "") -> list[Path]:
+             passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "",
+             metrics_listen: str = "") -> list[Path]:
     """Create everything ``estkit serve`` needs in ``directory``; refuses to
     touch an existing CA.  Returns the files written."""
     if (directory / "ca").exists() or (directory / CONFIG_NAME).exists():
@@ -133,7 +135,7 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
 
     _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(
         listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env,
-        crl_listen=crl_listen,
+        crl_listen=crl_listen, metrics_listen=metrics_listen,
         crl_comment="               # plain-HTTP CRL listener (HOST:PORT, empty: off)",
         crl_url=(f'crl_url = "http://{crl_listen}/crl/default.crl"   # CRL Distribution Point of issued certs\n'
                  if crl_listen else "")).encode())

@@ -46,38 +46,62 @@ class Readiness:
         self.timeout = timeout  # a store that does not answer is as bad as one that refuses
         self._clock = clock
         self._cached: tuple[float, str | None] | None = None
+        # One check at a time per worker: probes arriving while the store hangs
+        # wait for that check instead of each taking an executor thread the
+        # EST operations need.
+        self._running: asyncio.Future[str | None] | None = None
+        self._stage = "tls"  # the check in progress, named when it takes too long
 
     def check(self) -> str | None:
         """Run every check (blocking: store I/O, signing); None when all pass,
         else the failing check as ``name: why`` (no secrets, no stack)."""
+        try:
+            return self._checks()
+        except Exception:  # a probe answers 503, never 500
+            log.exception("readiness: %s check failed", self._stage)
+            return f"{self._stage}: check failed"
+
+    def _checks(self) -> str | None:
+        self._stage = "tls"
         now = self.ca.clock()
         if self.tls_not_after is not None and now >= self.tls_not_after:
             return f"tls: the server certificate expired at {self.tls_not_after:%Y-%m-%dT%H:%M:%SZ}"
+        self._stage = "store"
         try:
             self.ca.store.serial_exists(0)  # a one-row primary-key lookup: the store answers
         except Exception as exc:  # whatever the driver raises, the probe names the check
-            log.warning("readiness: store check failed: %s", exc)
+            self._note("readiness: store check failed: %s", exc)
             return "store: unavailable"
         for name, issuing in self.ca.cas.items():
+            self._stage = f"ca {name}"
             try:
                 issuing.signer.sign_data(_PROBE)
             except Exception as exc:
-                log.warning("readiness: CA %s cannot sign: %s", name, exc)
+                self._note("readiness: CA %s cannot sign: %s", name, exc)
                 return f"ca {name}: the key cannot sign"
         return None
+
+    def _note(self, msg: str, *args: object) -> None:
+        """Log a failure when readiness is lost, not at every probe while it stays lost."""
+        if self._cached is None or self._cached[1] is None:
+            log.warning(msg, *args)
 
     async def result(self) -> str | None:
         """The cached result, or a fresh one off the event loop."""
         cached = self._cached
         if cached is not None and self._clock() - cached[0] < self.cache_seconds:
             return cached[1]
-        loop = asyncio.get_running_loop()
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().run_in_executor(None, self.check)
+            self._running.add_done_callback(self._keep)
         try:
-            failed = await asyncio.wait_for(loop.run_in_executor(None, self.check), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(self._running), self.timeout)
         except TimeoutError:
-            failed = f"store: no answer within {self.timeout:g}s"
-        self._cached = (self._clock(), failed)
-        return failed
+            return f"{self._stage}: no answer within {self.timeout:g}s"  # the check still running
+
+    def _keep(self, done: asyncio.Future[str | None]) -> None:
+        if not done.cancelled():
+            self._cached = (self._clock(), done.result())
 
     async def readyz(self, _request: web.Request) -> web.StreamResponse:
         """``GET /readyz``: 200 ``ok`` or 503 naming the failing check."""

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -91,16 +92,29 @@ class EstMetrics:
         """Count one answered request (the access-log hook of estkit.server.app)."""
         op = operation if operation in self.operations else OTHER
         lab = label if label in self.labels or label == "" else OTHER
-        self.requests.labels(op, lab, str(status)).inc()
-        self.duration.labels(op).observe(seconds)
+        with _never_raise():
+            self.requests.labels(op, lab, str(status)).inc()
+            self.duration.labels(op).observe(seconds)
 
     def issued(self, label: str) -> None:
         """Count one certificate recorded as issued (the CA's ``on_issued`` hook)."""
-        self.issued_total.labels(label if label in self.labels else OTHER).inc()
+        with _never_raise():
+            self.issued_total.labels(label if label in self.labels else OTHER).inc()
 
     def auth_failure(self, reason: str) -> None:
         """Count one failed authentication (estkit.server.authaudit kinds)."""
-        self.auth_failures.labels(reason).inc()
+        with _never_raise():
+            self.auth_failures.labels(reason).inc()
+
+
+@contextmanager
+def _never_raise() -> Iterator[None]:
+    """Counting must not fail a request (or an issuance already recorded): a
+    full disk under the metrics files loses counts, logged, not answers."""
+    try:
+        yield
+    except Exception:
+        log.exception("metrics: cannot count")
 
 
 class StateCollector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -84,14 +85,9 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                     keepalive_timeout=sc.keepalive_timeout_seconds,
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
-    try:
-        return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
-                     on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
-                     on_worker_exit=_worker_exited if metrics_dir else None)
-    finally:
-        if metrics_dir is not None:
-            from estkit.server.metrics import remove_multiproc_dir
-            remove_multiproc_dir(metrics_dir)
+    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
+                 on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
+                 on_worker_exit=_worker_exited if metrics_dir else None)
 
 
 def _metrics_site(cfg: Config, server: EstServer,
@@ -100,17 +96,20 @@ def _metrics_site(cfg: Config, server: EstServer,
     workers on one shared socket like the CRL: whichever worker accepts a scrape
     reads the files of all of them.  The parent stays a bare reaper that only
     removes the directory and marks dead workers."""
-    from estkit.server.metrics import EstMetrics, StateCollector, metrics_app, prepare_multiproc_dir
-    # Private (0700) under the data directory, emptied now and removed at exit.
+    from estkit.server.metrics import (EstMetrics, StateCollector, metrics_app, prepare_multiproc_dir,
+                                       remove_multiproc_dir)
+    m_host, m_port = split_listen(cfg.server.metrics_listen, "server.metrics_listen")
+    m_sock = _bind(m_host, m_port, "server.metrics_listen")
+    # Private (0700) under the data directory, emptied now and removed when the
+    # parent exits, however it exits (workers leave with os._exit: no atexit there).
     metrics_dir = prepare_multiproc_dir(cfg.dir / "metrics")
+    atexit.register(remove_multiproc_dir, metrics_dir)
     ca = server.ca
     metrics = EstMetrics([*server.operations, "healthz", "readyz"], ca.profiles)
     server.on_request = metrics.request
     ca.on_issued = lambda rec: metrics.issued(rec.label)
     server.auth.failures.on_failure = metrics.auth_failure
     state = StateCollector(ca, tls_not_after)
-    m_host, m_port = split_listen(cfg.server.metrics_listen, "server.metrics_listen")
-    m_sock = _bind(m_host, m_port, "server.metrics_listen")
     log.info("serving metrics on http://%s:%d/metrics", m_host, m_sock.getsockname()[1])
     return metrics_dir, (lambda: metrics_app(state), m_sock)
 

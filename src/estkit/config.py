@@ -48,6 +48,8 @@ class ServerConfig:
     ocsp_listen: str = ""
     ocsp_signer: str = "delegated"
     ocsp_next_update_seconds: int = 3600
+    # Prometheus /metrics over plain HTTP (estkit.server.metrics); empty: off.
+    metrics_listen: str = ""
     # Hostile or broken clients (server/transport.py): a TLS handshake, the
     # first request header after it, a request header once started, and an
     # idle kept-alive connection each get this long; each worker keeps at most
@@ -172,6 +174,8 @@ def load_config(directory: Path) -> Config:
         raise ConfigError(f"'server.ocsp_signer' must be \"delegated\" or \"ca\", got {server.ocsp_signer!r}")
     if server.ocsp_next_update_seconds <= 0:
         raise ConfigError("'server.ocsp_next_update_seconds' must be positive")
+    if server.metrics_listen:
+        _split_listen(server.metrics_listen, "server.metrics_listen")
 
     store = _table(doc, "store")
     for key in store:

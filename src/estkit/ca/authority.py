@@ -83,6 +83,8 @@ class CertificateAuthority:
         # Revokes a renewed certificate on a revoke_superseded label (set by the wiring to
         # estkit.ca.revocation, which is built on this CA and publishes the CRL).
         self.supersede: Callable[[int, RequestContext], None] | None = None
+        # Told of each certificate once it is recorded (the server counts them for its metrics).
+        self.on_issued: Callable[[IssuedCert], None] | None = None
         self.authorize = authorize if authorize is not None else Authorize()
         self.clock = clock
         self._passwords = passwords or VerifyCache()
@@ -228,6 +230,8 @@ class CertificateAuthority:
             try:
                 # Recorded before it is returned: no record, no certificate.
                 self.store.record_issued(record, event, grant.guard)
+                if self.on_issued is not None:
+                    self.on_issued(record)
                 return cert
             except GuardFailed as exc:
                 raise Forbidden(exc.reason) from None  # names its policy and rule (estkit.store)

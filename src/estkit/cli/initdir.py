@@ -55,6 +55,7 @@ realm = "estkit"
 crl_listen = "{crl_listen}"{crl_comment}
 ocsp_listen = "{ocsp_listen}"               # OCSP responder, RFC 6960 (HOST:PORT; = crl_listen: same listener; empty: off)
 ocsp_signer = "delegated"            # or "ca": sign OCSP responses with the CA key itself
+metrics_listen = "{metrics_listen}"         # Prometheus /metrics over plain HTTP (HOST:PORT, empty: off)
 
 [store]
 url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db
@@ -116,7 +117,7 @@ def public_listen(url: str) -> tuple[str, str]:
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
              passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "",
-             public_url: str = "") -> list[Path]:
+             public_url: str = "", metrics_listen: str = "") -> list[Path]:
     """Create everything ``estkit serve`` needs in ``directory``; refuses to
     touch an existing CA.  Returns the files written.  With ``public_url``
     (http://HOST[:PORT]) the CRL listener and the OCSP responder are turned on
@@ -172,7 +173,7 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
 
     _write(directory / CONFIG_NAME, CONFIG_TEMPLATE.format(
         listen=listen, ca_cert=ca_cert, ca_key=ca_key, chain=chain, passphrase_env=passphrase_env,
-        crl_listen=crl_listen, ocsp_listen=ocsp_listen,
+        crl_listen=crl_listen, ocsp_listen=ocsp_listen, metrics_listen=metrics_listen,
         crl_comment="               # plain-HTTP CRL listener (HOST:PORT, empty: off)",
         crl_url=(f'crl_url = "{crl_url}"   # CRL Distribution Point of issued certs\n' if crl_url else ""),
         ocsp_url=(f'ocsp_url = "{ocsp_url}"   # OCSP responder in issued certs (AIA)\n' if ocsp_url else "")

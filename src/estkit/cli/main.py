@@ -49,9 +49,10 @@ def cli() -> None:
 @click.option("--public-url", default="", metavar="URL",
               help="http://HOST[:PORT] where relying parties reach this server: turns on the CRL listener and the "
                    "OCSP responder there and puts their URLs into issued certificates.")
+@click.option("--metrics-listen", default="", metavar="HOST:PORT",
+              help="Serve Prometheus metrics over plain HTTP here (GET /metrics); off by default.")
 def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tuple[str, ...], ca_name: str,
-         passphrase_env: str, listen: str, crl_listen: str,
-         public_url: str) -> None:
+         passphrase_env: str, listen: str, crl_listen: str, public_url: str, metrics_listen: str) -> None:
     """Create a new CA, TLS certificate and config in DIR."""
     from estkit.cli.initdir import InitError, init_dir
     d = resolve_dir(directory)
@@ -60,9 +61,11 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
         split_listen(listen, "--listen")
         if crl_listen:
             split_listen(crl_listen, "--crl-listen")
+        if metrics_listen:
+            split_listen(metrics_listen, "--metrics-listen")
         init_dir(d, key_type=kt, intermediate=intermediate, hostnames=hostnames, common_name=ca_name,
                  passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen,
-                 public_url=public_url)
+                 public_url=public_url, metrics_listen=metrics_listen)
     except (InitError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     from estkit.cli.perms import secure_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -9,10 +10,16 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
 
 from estkit.cli.wiring import build_authority, build_revocation, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
 from estkit.protocol.constants import CRL_PATH, OCSP_PATH
+from estkit.ca.authority import CertificateAuthority
+from estkit.server.app import EstServer
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
@@ -52,6 +59,9 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     server = build_server(cfg, ca, revocation)
     trust = ca.trust_anchors() + [c for p in cfg.server.bootstrap_trust for c in load_pem_certs(cfg.path(p))]
     ssl_ctx = server_context(cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key), trust)
+    tls_not_after = load_pem_certs(cfg.path(cfg.server.tls_cert))[0].not_valid_after_utc
+    if server.readiness is not None:
+        server.readiness.tls_not_after = tls_not_after  # /readyz fails once it has expired
     host, port = split_listen(listen or cfg.server.listen, "--listen")
     extra = []
     sc = cfg.server
@@ -78,6 +88,10 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
             extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
         log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
+    metrics_dir = None
+    if cfg.server.metrics_listen:
+        metrics_dir, site = _metrics_site(cfg, server, ca, tls_not_after)
+        extra.append(site)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -90,7 +104,8 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
-                 on_reload=lambda: _reload_tls(cfg, ssl_ctx))
+                 on_reload=lambda: _reload_tls(cfg, ssl_ctx),
+                 on_worker_exit=_worker_exited if metrics_dir else None)
 
 
 def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:
@@ -103,6 +118,34 @@ def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:
         log.error("SIGHUP: cannot reload the TLS certificate from %s (%s); still serving the old one", cert, exc)
         return
     log.info("reloaded the TLS certificate from %s", cert)
+
+
+def _metrics_site(cfg: Config, server: EstServer, ca: CertificateAuthority,
+                  tls_not_after: datetime) -> tuple[Path, tuple[Callable[[], web.Application], socket.socket]]:
+    """Prometheus metrics over plain HTTP (estkit.server.metrics), served by the
+    workers on one shared socket like the CRL: whichever worker accepts a scrape
+    reads the files of all of them.  The parent stays a bare reaper that only
+    removes the directory and marks dead workers."""
+    from estkit.server.metrics import (EstMetrics, StateCollector, metrics_app, prepare_multiproc_dir,
+                                       remove_multiproc_dir)
+    m_host, m_port = split_listen(cfg.server.metrics_listen, "server.metrics_listen")
+    m_sock = _bind(m_host, m_port, "server.metrics_listen")
+    # Private (0700) under the data directory, emptied now and removed when the
+    # parent exits, however it exits (workers leave with os._exit: no atexit there).
+    metrics_dir = prepare_multiproc_dir(cfg.dir / "metrics")
+    atexit.register(remove_multiproc_dir, metrics_dir)
+    metrics = EstMetrics([*server.operations, "healthz", "readyz"], ca.profiles)
+    server.on_request = metrics.request
+    ca.on_issued = lambda rec: metrics.issued(rec.label)
+    server.auth.failures.on_failure = metrics.auth_failure
+    state = StateCollector(ca, tls_not_after)
+    log.info("serving metrics on http://%s:%d/metrics", m_host, m_sock.getsockname()[1])
+    return metrics_dir, (lambda: metrics_app(state), m_sock)
+
+
+def _worker_exited(pid: int) -> None:
+    from estkit.server.metrics import worker_exited
+    worker_exited(pid)
 
 
 def _ready(then: Callable[[], object] | None) -> None:

@@ -19,6 +19,7 @@ from estkit.ca.revocation import Revocation
 from estkit.ca.signer import load_signer
 from estkit.config import CaConfig, Config, ConfigError
 from estkit.server.app import EstServer
+from estkit.server.health import Readiness
 from estkit.server.handlers import register_core
 from estkit.server.throttle import FailureThrottle, Rule
 from estkit.store import SqlStore, open_store
@@ -87,7 +88,8 @@ def build_server(config: Config, ca: CertificateAuthority, revocation: Revocatio
     """The EST server with every operation this build offers; ``revocation``
     is the process's one Revocation (the CRL listener shares it), else built here."""
     server = EstServer(ca, realm=config.server.realm, max_body=config.server.max_body_bytes,
-                       access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds)
+                       access_log=config.server.access_log, body_timeout=config.server.body_timeout_seconds,
+                       readiness=Readiness(ca))
     register_core(server)
     sc = config.server
     server.auth.throttle = FailureThrottle(

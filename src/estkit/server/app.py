@@ -24,6 +24,7 @@ from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, Pay
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
 from estkit.server.auth import Authenticator, Presented, peer_of
+from estkit.server.health import HEALTHZ, READYZ, Readiness, healthz
 from estkit.server.transport import SUPPORTED_VERSIONS, server_header
 from estkit.server.wire import error_response, text_response
 
@@ -72,7 +73,7 @@ class EstServer:
     """The aiohttp application around the CA (any EstAuthority)."""
 
     def __init__(self, ca: EstAuthority, *, realm: str = "estkit", max_body: int = 65536,
-                 access_log: bool = True, body_timeout: float = 30.0) -> None:
+                 access_log: bool = True, body_timeout: float = 30.0, readiness: Readiness | None = None) -> None:
         self.ca = ca
         self.realm = realm
         self.max_body = max_body
@@ -80,6 +81,12 @@ class EstServer:
         self.body_timeout = body_timeout  # a peer trickling its body must not hold a request forever
         self.auth = Authenticator(ca, realm)
         self.operations: dict[str, Operation] = {}
+        # /readyz's checks (estkit.server.health), built by the wiring around the concrete CA;
+        # without them /readyz is not served.
+        self.readiness = readiness
+        # Called once per answered request, where the access log is written:
+        # (operation, label, status, seconds); estkit.server.metrics counts there.
+        self.on_request: Callable[[str, str, int, float], None] | None = None
 
     def register(self, op: Operation) -> None:
         """Add (or replace) an operation."""
@@ -114,11 +121,23 @@ class EstServer:
         app.on_response_prepare.append(server_header)
         app.on_startup.append(self.auth.on_startup)  # failed authentications to the audit trail
         app.on_cleanup.append(self.auth.on_cleanup)
+        # Probes for load balancers (estkit.server.health), outside /.well-known/est.
+        app.router.add_get(HEALTHZ, self._probe(healthz, "healthz"))
+        if self.readiness is not None:
+            app.router.add_get(READYZ, self._probe(self.readiness.readyz, "readyz"))
         app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
         # Alias for clients that cannot put a CA label after /.well-known/est
         # (strongSwan 5.9.8's pki has no --label; it appends the path to --url).
         app.router.add_route("*", "/{prefix}" + c.WELL_KNOWN + "/{tail:[^/]+}", self._dispatch)
         return app
+
+    @staticmethod
+    def _probe(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+               name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def probe(request: web.Request) -> web.StreamResponse:
+            request[_INFO]["op"] = name
+            return await handler(request)
+        return probe
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -207,7 +226,10 @@ class EstServer:
             # The rest of an oversized body is not read, and a 505 peer speaks
             # something else: close rather than parse what follows.
             resp.force_close()
+        elapsed = time.perf_counter() - start
         if self.access_log:
             access.info("%s %s %s %s %d %.1fms", peer_of(request), info["identity"], info["op"],
-                        info["label"] or "-", resp.status, (time.perf_counter() - start) * 1000)
+                        info["label"] or "-", resp.status, elapsed * 1000)
+        if self.on_request is not None:
+            self.on_request(info["op"], info["label"], resp.status, elapsed)
         return resp

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from estkit.ca.ports import AuditEvent, AuditEventType, StoreError
 
-__all__ = ["AuthFailureLog"]
+__all__ = ["AuthFailureLog", "failure_kind"]
 
 log = logging.getLogger("estkit.server")
 
@@ -31,6 +31,18 @@ class _Count:
     label: str
     count: int = 0
     peers: set[str] = field(default_factory=set)
+
+
+def failure_kind(who: str, reason: str) -> str:
+    """A failure's kind from a closed set (the reasons themselves are free text):
+    ``throttled``, ``password``, ``certificate`` or ``other``."""
+    if reason.startswith("throttled"):
+        return "throttled"
+    if who.startswith("user:"):
+        return "password"
+    if who.startswith("cert:"):
+        return "certificate"
+    return "other"
 
 
 class AuthFailureLog:
@@ -44,10 +56,14 @@ class AuthFailureLog:
         self._lock = threading.Lock()
         self._counts: dict[tuple[int, str, str], _Count] = {}  # (minute, who, reason)
         self._keys_in: dict[int, int] = {}  # minute -> distinct keys kept apart
+        # Told the kind of each failure as it happens (estkit.server.metrics counts them).
+        self.on_failure: Callable[[str], None] | None = None
 
     def record(self, who: str, peer: str, reason: str, label: str | None = None) -> None:
         """Count one failure of ``who`` (``user:NAME``, ``cert:SUBJECT``, ``address:IP``)
         from ``peer`` (the client's address) for ``reason``."""
+        if self.on_failure is not None:
+            self.on_failure(failure_kind(who, reason))
         minute = int(self._clock() // 60)
         with self._lock:
             key = (minute, who, reason)

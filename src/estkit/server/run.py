@@ -110,9 +110,11 @@ def _loop_run(coro_factory: Callable[[], object]) -> None:
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx: ssl.SSLContext | None, *,
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
           on_ready: Callable[[], object] | None = None, on_stop: Callable[[], object] | None = None,
-          on_reload: Callable[[], object] | None = None, limits: Limits | None = None) -> int:
+          on_reload: Callable[[], object] | None = None, limits: Limits | None = None,
+          on_worker_exit: Callable[[int], object] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop).
-    ``on_ready`` runs once the port accepts connections, ``on_stop`` when a stop begins."""
+    ``on_ready`` runs once the port accepts connections, ``on_stop`` when a stop begins,
+    ``on_worker_exit(pid)`` when a worker process has been reaped."""
     # The socket already accepts connections: hold stop signals until handlers
     # exist, so a stop right after start is still a clean stop.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -183,6 +185,8 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
         pid, st = _reap()
         if pid:
             slot = children.pop(pid)
+            if on_worker_exit is not None:
+                on_worker_exit(pid)
             if stopping:
                 continue
             lived = time.monotonic() - started[slot]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from estkit.ca.revocation import Revocation
 from estkit.errors import EstError
 from estkit.protocol import constants as c
+from estkit.server.periodic import every
 from estkit.server.transport import server_header
 
 __all__ = ["crl_app", "crl_url"]
@@ -44,25 +44,8 @@ def crl_app(revocation: Revocation, *, refresh_every: float = 600.0) -> web.Appl
             "Last-Modified": rec.this_update.strftime("%a, %d %b %Y %H:%M:%S GMT"),
             "Expires": rec.next_update.strftime("%a, %d %b %Y %H:%M:%S GMT")})
 
-    async def refresher(app: web.Application) -> AsyncIterator[None]:
-        async def loop_forever() -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                try:
-                    await loop.run_in_executor(None, revocation.refresh)
-                except Exception:
-                    log.exception("CRL refresh failed")
-                await asyncio.sleep(refresh_every)
-        task = asyncio.create_task(loop_forever())
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
     app = web.Application()
     app.on_response_prepare.append(server_header)
     app.router.add_get(c.CRL_PATH + "/{name}.crl", get_crl)
-    app.cleanup_ctx.append(refresher)
+    app.cleanup_ctx.append(every(refresh_every, revocation.refresh, "CRL refresh", first_now=True))
     return app

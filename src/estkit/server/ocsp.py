@@ -15,12 +15,13 @@ import binascii
 import base64
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from estkit.ca.ocsp import OcspResponder
 from estkit.protocol import constants as c
+from estkit.server.periodic import every
 from estkit.server.transport import server_header
 
 __all__ = ["ocsp_app", "add_ocsp", "ocsp_url", "MAX_REQUEST"]
@@ -79,27 +80,10 @@ def add_ocsp(app: web.Application, responder: OcspResponder, refresh: Callable[[
             der = b""  # answered as malformedRequest, like any other unreadable request
         return await answer(der)
 
-    async def checker(app: web.Application) -> AsyncIterator[None]:
-        async def loop_forever() -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(refresh_every)
-                try:
-                    await loop.run_in_executor(None, refresh)
-                except Exception:
-                    log.exception("OCSP responder certificate check failed")
-        task = asyncio.create_task(loop_forever())
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
     app.router.add_post(c.OCSP_PATH, post)
     app.router.add_post(c.OCSP_PATH + "/", post)
     app.router.add_get(c.OCSP_PATH + "/{request:.*}", get)
-    app.cleanup_ctx.append(checker)
+    app.cleanup_ctx.append(every(refresh_every, refresh, "OCSP responder certificate check"))
     return app
 
 

@@ -33,7 +33,19 @@ __all__ = ["EstRequest", "Operation", "EstServer"]
 log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")
 
-_INFO = "estkit.info"
+
+
+@dataclass
+class AccessInfo:
+    """What the access log and the metrics say of one request, filled in as
+    dispatch learns it (the operation, the label, then who asked)."""
+
+    op: str = "-"
+    label: str = ""
+    identity: str = str(ANONYMOUS)
+
+
+_INFO = web.RequestKey("estkit.info", AccessInfo)
 # Seconds a 429 is held before it is sent: a closed-loop guesser then costs a
 # handshake a second, not hundreds (it holds one idle connection meanwhile).
 THROTTLE_PAUSE = 1.0
@@ -110,7 +122,7 @@ class EstServer:
 
         def job() -> Any:
             ctx = self.auth.context_blocking(presented, require=True)
-            info["identity"] = str(ctx.identity)
+            info.identity = str(ctx.identity)
             return fn(*args, ctx)
 
         return await self.run_ca(job)
@@ -135,7 +147,7 @@ class EstServer:
     def _probe(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def probe(request: web.Request) -> web.StreamResponse:
-            request[_INFO]["op"] = name
+            request[_INFO].op = name
             return await handler(request)
         return probe
 
@@ -159,7 +171,7 @@ class EstServer:
             tail = request.match_info["prefix"] + "/" + tail
         label, opname = self._route(tail)
         info = request[_INFO]
-        info["op"], info["label"] = opname, label or ""
+        info.op, info.label = opname, label or ""
         op = self.operations.get(opname)
         if op is None:
             raise NotFound(f"unknown EST operation {opname!r}")
@@ -178,7 +190,7 @@ class EstServer:
             if not self.auth.deferrable(presented):
                 ctx = await self.auth.context(request, require=True, label=label, presented=presented)
                 presented = None
-        info["identity"] = str(ctx.identity)
+        info.identity = str(ctx.identity)
         der = b""
         if op.content_types:
             mt = media_type(request.headers.get("Content-Type"))
@@ -201,7 +213,7 @@ class EstServer:
         started = getattr(request.protocol, "request_started", None)
         if started is not None:
             started()  # the header is complete: no header timeout from here (server/transport.py)
-        info: dict[str, str] = {"op": "-", "label": "", "identity": str(ANONYMOUS)}
+        info = AccessInfo()
         request[_INFO] = info
         try:
             if request.version not in SUPPORTED_VERSIONS:
@@ -228,8 +240,8 @@ class EstServer:
             resp.force_close()
         elapsed = time.perf_counter() - start
         if self.access_log:
-            access.info("%s %s %s %s %d %.1fms", peer_of(request), info["identity"], info["op"],
-                        info["label"] or "-", resp.status, elapsed * 1000)
+            access.info("%s %s %s %s %d %.1fms", peer_of(request), info.identity, info.op,
+                        info.label or "-", resp.status, elapsed * 1000)
         if self.on_request is not None:
-            self.on_request(info["op"], info["label"], resp.status, elapsed)
+            self.on_request(info.op, info.label, resp.status, elapsed)
         return resp

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import click
 
-from estkit.cli.client import (estclient, handle_errors, load_key, make_client, save_pair, server_options,
-                               spec_options)
+from estkit.cli.client import estclient, handle_errors
+from estkit.cli.client_options import (ConnectionOptions, SpecOptions, load_key, make_client, save_pair,
+                                       server_options, spec_options)
 from estkit.client import REVOCATION_REASONS, CredentialDir, remaining_fraction
 from estkit.client.csrspec import spec_from_certificate
 from estkit.protocol.keys import check_key_type_name, key_type_of
@@ -28,7 +28,7 @@ __all__ = ["renew", "fullcmc"]
 @click.option("--pop/--no-pop", "pop", default=None, help="Link the CSR to the TLS session (RFC 7030 §3.5).")
 @handle_errors
 def renew(cred_dir: str, threshold: float, force: bool, same_key: bool, key_type: str | None, pop: bool | None,
-          **o: Any) -> None:
+          *, conn: ConnectionOptions) -> None:
     """Re-enroll DIR's certificate when due, replacing key and certificate atomically.
     Exit 0 when renewed and when nothing was due."""
     store = CredentialDir(cred_dir)
@@ -40,13 +40,12 @@ def renew(cred_dir: str, threshold: float, force: bool, same_key: bool, key_type
         click.echo(f"not due: {left:.0%} of the lifetime left, renewing below {threshold:.0%} "
                    f"(until {old.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
         return
-    if o["cert"] or o["key"]:
+    if conn.cert or conn.key:
         raise click.UsageError("renew authenticates with DIR's own certificate: no --cert/--key")
     gen = store.path / os.readlink(store.path / "current")
-    o = {**o, "cert": str(gen / "cert.pem"), "key": str(gen / "key.pem")}
-    client = make_client(o)
+    client = make_client(conn.with_certificate(gen / "cert.pem", gen / "key.pem"))
     key = old_key if same_key else client.new_key(check_key_type_name(key_type or key_type_of(old.public_key())))
-    cert = client.simplereenroll(spec_from_certificate(old, key), link=pop)  # type: ignore[arg-type]
+    cert = client.simplereenroll(spec_from_certificate(old, key), link=pop)
     store.write(key, cert)
     click.echo(f"renewed: serial {cert.serial_number:X} until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
@@ -56,12 +55,12 @@ def fullcmc() -> None:
     """Full CMC (RFC 7030 §4.3): enroll, renew, revoke."""
 
 
-def _secret(o: dict[str, Any]) -> bytes | None:
-    if not o["secret_env"]:
+def _secret(secret_env: str | None) -> bytes | None:
+    if not secret_env:
         return None
-    value = os.environ.get(o["secret_env"])
+    value = os.environ.get(secret_env)
     if value is None:
-        raise click.UsageError(f"${o['secret_env']} is not set")
+        raise click.UsageError(f"${secret_env} is not set")
     return value.encode()
 
 
@@ -73,15 +72,16 @@ def _secret(o: dict[str, Any]) -> bytes | None:
 @click.option("--identification", default=None, help="identification control sent with the secret.")
 @click.option("--crmf", is_flag=True, help="Send a CRMF request instead of PKCS#10.")
 @handle_errors
-def cmc_enroll_cmd(crmf: bool, identification: str | None, **o: Any) -> None:
+def cmc_enroll_cmd(crmf: bool, identification: str | None, secret_env: str | None, *, conn: ConnectionOptions,
+                   spec: SpecOptions) -> None:
     """Enroll through /fullcmc."""
-    client = make_client(o)
-    if o["csr_file"]:
+    client = make_client(conn)
+    if spec.csr_file:
         raise click.UsageError("fullcmc builds its own request: use --cn/--dns/--ip")
-    key = load_key(o["csr_key"]) if o["csr_key"] else None
-    key, cert = client.fullcmc_enroll(cn=o["cn"], dns=o["dns"], ips=o["ip"], key=key, crmf=crmf,
-                                      shared_secret=_secret(o), identification=identification)
-    save_pair(o, key, cert, new_key=not o["csr_key"])
+    key = load_key(spec.csr_key) if spec.csr_key else None
+    key, cert = client.fullcmc_enroll(cn=spec.cn, dns=spec.dns, ips=spec.ip, key=key, crmf=crmf,
+                                      shared_secret=_secret(secret_env), identification=identification)
+    save_pair(spec, key, cert, new_key=not spec.csr_key)
 
 
 @fullcmc.command("renew")
@@ -90,16 +90,16 @@ def cmc_enroll_cmd(crmf: bool, identification: str | None, **o: Any) -> None:
 @click.option("--same-key", is_flag=True, help="Keep the --key instead of making a new one.")
 @click.option("--crmf", is_flag=True, help="Send a CRMF request instead of PKCS#10.")
 @handle_errors
-def cmc_renew_cmd(same_key: bool, crmf: bool, **o: Any) -> None:
+def cmc_renew_cmd(same_key: bool, crmf: bool, *, conn: ConnectionOptions, spec: SpecOptions) -> None:
     """Renew --cert/--key through /fullcmc (the request is signed by --cert's key)."""
-    client = make_client(o)
+    client = make_client(conn)
     if client.client_cert is None:
         raise click.UsageError("fullcmc renew needs --cert and --key")
     key = client.client_cert.private_key() if same_key else None
-    if key is None and o["key_type"]:
-        key = client.new_key(check_key_type_name(o["key_type"]))
+    if key is None and spec.key_type:
+        key = client.new_key(check_key_type_name(spec.key_type))
     key, cert = client.fullcmc_renew(key=key, crmf=crmf)
-    save_pair(o, key, cert, new_key=not same_key)
+    save_pair(spec, key, cert, new_key=not same_key)
 
 
 @fullcmc.command("revoke")
@@ -107,9 +107,9 @@ def cmc_renew_cmd(same_key: bool, crmf: bool, **o: Any) -> None:
 @click.option("--serial", default=None, metavar="HEX", help="Serial to revoke (default: that of --cert).")
 @click.option("--reason", type=click.Choice(list(REVOCATION_REASONS)), default="unspecified", show_default=True)
 @handle_errors
-def cmc_revoke_cmd(serial: str | None, reason: str, **o: Any) -> None:
+def cmc_revoke_cmd(serial: str | None, reason: str, *, conn: ConnectionOptions) -> None:
     """Revoke a certificate through /fullcmc, signed by --cert/--key."""
-    client = make_client(o)
+    client = make_client(conn)
     if client.client_cert is None:
         raise click.UsageError("fullcmc revoke is signed by a certificate: give --cert and --key")
     number = int(serial.replace(":", ""), 16) if serial else None

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from estkit.client.errors import ClientError
+from estkit.protocol.keys import signing_key
 
 __all__ = ["Challenge", "parse_challenges", "PasswordAuth", "BasicAuth", "DigestAuth", "ClientCertificate",
            "digest_response", "DIGEST_ALGORITHMS"]
@@ -205,6 +208,10 @@ class ClientCertificate:
         """The (first) certificate of ``cert_file``."""
         return x509.load_pem_x509_certificates(Path(self.cert_file).read_bytes())[0]
 
-    def private_key(self) -> PrivateKeyTypes:
-        """The key of ``key_file``."""
-        return load_pem_private_key(Path(self.key_file).read_bytes(), self.key_password)
+    def private_key(self) -> CertificateIssuerPrivateKeyTypes:
+        """The key of ``key_file`` (a TLS client key: one that signs)."""
+        key = load_pem_private_key(Path(self.key_file).read_bytes(), self.key_password)
+        try:
+            return signing_key(key)
+        except ValueError as exc:
+            raise ClientError(f"{self.key_file}: {exc}") from None

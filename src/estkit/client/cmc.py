@@ -84,7 +84,7 @@ def _current(client: EstClient) -> tuple[x509.Certificate, CertificateIssuerPriv
     if client.client_cert is None:
         raise ValueError("renewal and revocation are signed by the existing certificate: give client_cert")
     key = client.client_cert.private_key()
-    return client.client_cert.certificate(), key  # type: ignore[return-value]
+    return client.client_cert.certificate(), key
 
 
 def cmc_renew(client: EstClient, *, key: CertificateIssuerPrivateKeyTypes | None = None,

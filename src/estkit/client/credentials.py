@@ -25,9 +25,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
 
 from estkit.client.responses import public_der
+from estkit.protocol.keys import signing_key
 
 __all__ = ["CredentialDir", "renewal_due", "remaining_fraction"]
 
@@ -90,10 +91,10 @@ class CredentialDir:
         """True when a pair has been written."""
         return (self.path / _CURRENT / "cert.pem").exists() and (self.path / _CURRENT / "key.pem").exists()
 
-    def load(self) -> tuple[PrivateKeyTypes, x509.Certificate]:
+    def load(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
         """The current key and certificate (through ``current``, never a mix)."""
         gen = self.path / os.readlink(self.path / _CURRENT)
-        key = serialization.load_pem_private_key((gen / "key.pem").read_bytes(), None)
+        key = signing_key(serialization.load_pem_private_key((gen / "key.pem").read_bytes(), None))
         cert = x509.load_pem_x509_certificates((gen / "cert.pem").read_bytes())[0]
         if public_der(key.public_key()) != public_der(cert.public_key()):
             raise ValueError(f"{gen}: key and certificate do not match")

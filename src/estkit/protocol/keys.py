@@ -6,13 +6,14 @@ A key type is named as ``ec:P-256``, ``ec:P-384``, ``rsa:2048`` (any size),
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
+    PrivateKeyTypes,
 )
 
-__all__ = ["KEY_TYPES", "key_type_of", "generate_key", "check_key_type_name"]
+__all__ = ["KEY_TYPES", "key_type_of", "generate_key", "check_key_type_name", "signing_key"]
 
 KEY_TYPES = ("ec:P-256", "ec:P-384", "ec:P-521", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519")
 
@@ -33,6 +34,15 @@ def key_type_of(key: CertificatePublicKeyTypes) -> str:
     if isinstance(key, ed448.Ed448PublicKey):
         return "ed448"
     return "unknown"
+
+
+def signing_key(key: PrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
+    """``key`` if it can sign a request or a certificate; ValueError for
+    key-agreement keys (X25519, DH...), which a file may hold as well."""
+    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                        ed448.Ed448PrivateKey, dsa.DSAPrivateKey)):
+        return key
+    raise ValueError(f"a {type(key).__name__} cannot sign")
 
 
 def check_key_type_name(name: str) -> str:

@@ -30,7 +30,7 @@ from estkit.ca.profile import Profile
 from estkit.ca.signer import KeySigner
 from estkit.errors import (BadRequest, Forbidden, NotFound, Pending, ServiceUnavailable, TooManyRequests,
                            Unauthorized)
-from estkit.protocol.csr import load_csr
+from estkit.protocol.request import CertRequest
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import certs_only
 from estkit.server.app import EstServer
@@ -65,8 +65,8 @@ class FakeCA:
         self.profile(label)
         return None
 
-    def simpleenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
-        info = load_csr(csr_der)
+    def simpleenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
+        info = request
         cns = [str(a.value) for a in info.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         trigger = cns[0] if cns else ""
         if trigger == "forbidden":
@@ -89,8 +89,8 @@ class FakeCA:
                    .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1)))
         return KeySigner(self.key).sign_certificate(builder)
 
-    def simplereenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
-        return self.simpleenroll(label, csr_der, ctx)
+    def simplereenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
+        return self.simpleenroll(label, request, ctx)
 
     def identify_certificate(self, der: bytes) -> Identity:
         cert = x509.load_der_x509_certificate(der)

@@ -18,6 +18,7 @@ from estkit.ca.signer import KeySigner
 from estkit.errors import BadRequest, EstError, InternalError
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
+from estkit.protocol.request import decode_pkcs10
 from estkit.store import open_store
 
 ALICE = RequestContext(identity=Identity(IdentityKind.USER, "alice"), peer="127.0.0.1:1")
@@ -67,14 +68,14 @@ def _csr_with_ca_true() -> bytes:
 ])
 def test_policy_refusals(ca: CertificateAuthority, label: str | None, csr, status: int, reason: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EstError) as exc:
-        ca.simpleenroll(label, csr(), ALICE)
+        ca.simpleenroll(label, decode_pkcs10(csr()), ALICE)
     assert exc.value.status == status and reason in exc.value.reason
     assert ca.store.count_certificates() == 0
 
 
 @pytest.mark.parametrize("kt", ["ec:P-256", "ec:P-384", "rsa:2048", "ed25519"])
 def test_ok_issue_each_key_type(ca: CertificateAuthority, kt: str) -> None:
-    cert = ca.simpleenroll(None, build_csr(generate_key(kt), cn="dev1", dns=["dev1.example"]), ALICE)
+    cert = ca.simpleenroll(None, decode_pkcs10(build_csr(generate_key(kt), cn="dev1", dns=["dev1.example"])), ALICE)
     assert cert.subject.rfc4514_string() == "CN=dev1"
     stored = ca.store.get_certificate(cert.serial_number)
     assert stored is not None and stored.requester == "user:alice" and stored.sans == ("DNS:dev1.example",)
@@ -83,12 +84,12 @@ def test_ok_issue_each_key_type(ca: CertificateAuthority, kt: str) -> None:
 
 
 def test_ok_ca_true_request_is_never_honoured(ca: CertificateAuthority) -> None:
-    cert = ca.simpleenroll(None, _csr_with_ca_true(), ALICE)
+    cert = ca.simpleenroll(None, decode_pkcs10(_csr_with_ca_true()), ALICE)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
 
 
 def test_ok_profile_shapes_certificate(ca: CertificateAuthority) -> None:
-    cert = ca.simpleenroll("short", build_csr(generate_key("ec:P-384"), cn="s", dns=["ignored.example"]), ALICE)
+    cert = ca.simpleenroll("short", decode_pkcs10(build_csr(generate_key("ec:P-384"), cn="s", dns=["ignored.example"])), ALICE)
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert 2 * 86400 <= life.total_seconds() <= 2 * 86400 + 600
     ekus = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
@@ -98,7 +99,7 @@ def test_ok_profile_shapes_certificate(ca: CertificateAuthority) -> None:
 
 
 def test_ok_serials_random_positive_unique(ca: CertificateAuthority) -> None:
-    serials = {ca.simpleenroll(None, build_csr(generate_key("ec:P-256"), cn=f"d{i}"), ALICE).serial_number
+    serials = {ca.simpleenroll(None, decode_pkcs10(build_csr(generate_key("ec:P-256"), cn=f"d{i}")), ALICE).serial_number
                for i in range(20)}
     assert len(serials) == 20 and all(0 < s < (1 << 159) for s in serials)
     assert max(s.bit_length() for s in serials) > 64
@@ -111,10 +112,10 @@ def test_fail_store_write_failure_issues_nothing(ca: CertificateAuthority, tmp_p
     db.commit()
     db.close()
     with pytest.raises(InternalError) as exc:
-        ca.simpleenroll(None, build_csr(generate_key("ec:P-256"), cn="fail-store"), ALICE)
+        ca.simpleenroll(None, decode_pkcs10(build_csr(generate_key("ec:P-256"), cn="fail-store")), ALICE)
     assert exc.value.status == 500 and "nothing was issued" in exc.value.reason
     assert ca.store.count_certificates() == 0
-    ca.simpleenroll(None, build_csr(generate_key("ec:P-256"), cn="fine"), ALICE)
+    ca.simpleenroll(None, decode_pkcs10(build_csr(generate_key("ec:P-256"), cn="fine")), ALICE)
     assert ca.store.count_certificates() == 1
 
 
@@ -129,6 +130,6 @@ def test_ok_csrattrs_announce_key_types_and_linking(ca: CertificateAuthority) ->
 
 def test_fail_refusal_is_audited(ca: CertificateAuthority) -> None:
     with pytest.raises(BadRequest):
-        ca.simpleenroll(None, build_csr(generate_key("rsa:1024"), cn="weak"), ALICE)
+        ca.simpleenroll(None, decode_pkcs10(build_csr(generate_key("rsa:1024"), cn="weak")), ALICE)
     ev = ca.store.list_audit(event="refused")
     assert ev and ev[0].identity == "user:alice" and "2048" in ev[0].detail

@@ -29,11 +29,11 @@ from estkit.ca.signer import Signer
 from estkit.errors import (BadRequest, EstError, Forbidden, InternalError, NotFound, Pending, ServiceUnavailable,
                            Unauthorized)
 from estkit.protocol import constants as c
-from estkit.protocol.csr import general_names_text, load_csr
+from estkit.protocol.csr import general_names_text
 from estkit.protocol.csrattrs import CsrAttribute, encode_csrattrs, key_type_attribute
 from estkit.protocol.keys import key_type_of
 from estkit.protocol.pkcs7 import certs_only
-from estkit.protocol.request import CertRequest, from_pkcs10
+from estkit.protocol.request import CertRequest
 
 __all__ = ["IssuingCA", "CertificateAuthority", "identity_of_user"]
 
@@ -158,14 +158,14 @@ class CertificateAuthority:
 
     # -- RFC 7030 §4.2 enrollment ------------------------------------------------
 
-    def simpleenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
+    def simpleenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
         """RFC 7030 §4.2.1: a certificate for a PKCS#10 request."""
-        return self.enroll(Operation.SIMPLEENROLL, label, from_pkcs10(load_csr(csr_der)), ctx)
+        return self.enroll(Operation.SIMPLEENROLL, label, request, ctx)
 
-    def simplereenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
+    def simplereenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
         """RFC 7030 §4.2.2: renew (same key) or rekey (new key) the TLS client
         certificate; subject and SAN must not change."""
-        return self.enroll(Operation.SIMPLEREENROLL, label, from_pkcs10(load_csr(csr_der)), ctx, renew=True)
+        return self.enroll(Operation.SIMPLEREENROLL, label, request, ctx, renew=True)
 
     def enroll(self, operation: Operation, label: str | None, request: CertRequest, ctx: RequestContext, *,
                renew: bool = False, public_key: CertificatePublicKeyTypes | None = None) -> x509.Certificate:

@@ -20,8 +20,7 @@ from estkit.ca.policy import Operation, check_key_type
 from estkit.ca.profile import Profile
 from estkit.errors import BadRequest, NotFound
 from estkit.protocol.cmc_cms import key_identifiers
-from estkit.protocol.csr import load_csr
-from estkit.protocol.request import CertRequest, from_pkcs10
+from estkit.protocol.request import CertRequest
 from estkit.protocol.envelope import SUPPORTED_RECIPIENTS, decrypt_key_ids, envelope_supported, wrap_server_key
 from estkit.protocol.keys import KEY_TYPES, generate_key
 
@@ -60,16 +59,17 @@ class ServerKeyGen:
     def __init__(self, ca: KeyGenAuthority) -> None:
         self.ca = ca
 
-    def serverkeygen(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> GeneratedKey:
+    def serverkeygen(self, label: str | None, request: CertRequest, ctx: RequestContext) -> GeneratedKey:
         """RFC 7030 §4.4: generate a key of the label's (or the CSR's) type,
         certify it for the CSR's subject and SANs, return both."""
         profile = self.ca.profile(label)
         if not profile.serverkeygen:
             # RFC 7030 §4.4: optional; off unless the label enables it.
             raise NotFound(f"serverkeygen is not enabled for label {profile.label!r}")
-        info = load_csr(csr_der)
-        recipient = self._recipient(info.csr, ctx, profile.serverkeygen_encrypt)
-        key_type = profile.serverkeygen_key_type or info.key_type
+        if request.pkcs10 is None:
+            raise BadRequest("serverkeygen takes a PKCS#10 request (RFC 7030 §4.4.1)")
+        recipient = self._recipient(request.pkcs10, ctx, profile.serverkeygen_encrypt)
+        key_type = profile.serverkeygen_key_type or request.key_type
         if key_type not in KEY_TYPES:
             raise BadRequest(f"cannot generate a {key_type} key (supported: {', '.join(KEY_TYPES)})")
         # The label's own serverkeygen_key_type is the operator's choice; a type taken from the
@@ -77,7 +77,7 @@ class ServerKeyGen:
         check_key_type(key_type, (key_type,) if profile.serverkeygen_key_type else profile.allowed_key_types,
                        source="" if profile.serverkeygen_key_type else " (from the CSR)")
         key = generate_key(key_type)
-        cert = self.ca.enroll(Operation.SERVERKEYGEN, label, from_pkcs10(info), ctx, public_key=key.public_key())
+        cert = self.ca.enroll(Operation.SERVERKEYGEN, label, request, ctx, public_key=key.public_key())
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         del key

@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from estkit.protocol.cmc_crmf import CrmfRequest
-from estkit.protocol.csr import CsrInfo, csr_fingerprint, request_fingerprint
+from estkit.protocol.csr import CsrInfo, csr_fingerprint, load_csr, request_fingerprint
 from estkit.protocol.keys import key_type_of
 
-__all__ = ["CertRequest", "ProofOfPossession", "from_pkcs10", "from_crmf"]
+__all__ = ["CertRequest", "ProofOfPossession", "decode_pkcs10", "from_pkcs10", "from_crmf"]
 
 
 class ProofOfPossession(StrEnum):
@@ -56,6 +56,12 @@ class CertRequest:
 
     def __repr__(self) -> str:
         return f"CertRequest({self.subject.rfc4514_string()!r}, {self.key_type}, {self.fingerprint[:16]})"
+
+
+def decode_pkcs10(der: bytes) -> CertRequest:
+    """The request of a DER PKCS#10 body (/simpleenroll, /simplereenroll,
+    /serverkeygen); BadRequest when it is not one (RFC 7030 §4.2.1)."""
+    return from_pkcs10(load_csr(der))
 
 
 def from_pkcs10(info: CsrInfo) -> CertRequest:

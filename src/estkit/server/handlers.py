@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
+from cryptography import x509
 
 from estkit.protocol import constants as c
+from estkit.ca.identity import RequestContext
 from estkit.protocol.pkcs7 import certs_only
+from estkit.protocol.request import decode_pkcs10
 from estkit.server.app import EstRequest, EstServer, Operation
 from estkit.server.wire import b64_response
 
@@ -27,13 +30,18 @@ async def csrattrs(server: EstServer, req: EstRequest) -> web.StreamResponse:
 
 async def simpleenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
     """RFC 7030 §4.2.1 / §4.2.3: a certs-only response with the one new certificate."""
-    cert = await server.run_authenticated(req, server.ca.simpleenroll, req.label, req.der)
+    def enroll(ctx: RequestContext) -> x509.Certificate:
+        # Decoded once the requester is authenticated: an unknown peer's body is not read.
+        return server.ca.simpleenroll(req.label, decode_pkcs10(req.der), ctx)
+    cert = await server.run_authenticated(req, enroll)
     return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
 
 
 async def simplereenroll(server: EstServer, req: EstRequest) -> web.StreamResponse:
     """RFC 7030 §4.2.2: renew or rekey the TLS client certificate."""
-    cert = await server.run_authenticated(req, server.ca.simplereenroll, req.label, req.der)
+    def reenroll(ctx: RequestContext) -> x509.Certificate:
+        return server.ca.simplereenroll(req.label, decode_pkcs10(req.der), ctx)
+    cert = await server.run_authenticated(req, reenroll)
     return b64_response(certs_only([cert]), c.CT_CERTS_ONLY)
 
 

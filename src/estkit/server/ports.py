@@ -12,6 +12,7 @@ from cryptography import x509
 from estkit.ca.identity import Identity, RequestContext
 from estkit.ca.ports import AuditEvent, UserRecord
 from estkit.ca.profile import Profile
+from estkit.protocol.request import CertRequest
 
 __all__ = ["EstAuthority"]
 
@@ -28,10 +29,10 @@ class EstAuthority(Protocol):
     def csrattrs(self, label: str | None) -> bytes | None:
         """RFC 7030 §4.5: the CsrAttrs DER, None when empty (204)."""
 
-    def simpleenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
-        """RFC 7030 §4.2.1."""
+    def simpleenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
+        """RFC 7030 §4.2.1: the request as the server decoded it."""
 
-    def simplereenroll(self, label: str | None, csr_der: bytes, ctx: RequestContext) -> x509.Certificate:
+    def simplereenroll(self, label: str | None, request: CertRequest, ctx: RequestContext) -> x509.Certificate:
         """RFC 7030 §4.2.2."""
 
     def identify_certificate(self, der: bytes) -> Identity:

@@ -283,7 +283,8 @@ def test_readyz_503_when_the_tls_certificate_expired(tmp_path: Path) -> None:
                .add_extension(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False)
                .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     (d / "tls" / "server.pem").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
-    with server(d, workers=2) as srv:
+    # Renewal off: otherwise the server renews it from its CA at the start (test_tls_renewal.py).
+    with server(d, workers=2, configure=lambda doc: doc["server"].update(tls_renew_before_days=0)) as srv:
         assert _wait_status(srv, "/healthz", 200, _insecure()) == b"ok\n"
         body = _wait_status(srv, "/readyz", 503, _insecure())
         assert body.startswith(b"tls: the server certificate expired at ") and body.count(b"\n") == 1, body

@@ -65,6 +65,11 @@ class ServerConfig:
     auth_user_failures_per_minute: int = 30
     # Password verifications (scrypt, 128 MiB each) at once per worker; 0: cores / workers, at least 1.
     auth_max_parallel: int = 0
+    # The server's own TLS certificate (estkit.ca.server_cert): renewed from its CA, when a CA of
+    # this estkit issued it, once less than this many days are left (0: never); each worker looks
+    # this often, and loads a certificate another worker renewed.
+    tls_renew_before_days: int = 30
+    tls_renew_check_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,10 @@ def load_config(directory: Path) -> Config:
             raise ConfigError(f"'server.{key}' must be positive")
     if server.max_connections < 0:
         raise ConfigError("'server.max_connections' must not be negative (0: from the open-file limit)")
-    for key in ("auth_address_failures_per_minute", "auth_user_failures_per_minute", "auth_max_parallel"):
+    if server.tls_renew_check_seconds <= 0:
+        raise ConfigError("'server.tls_renew_check_seconds' must be positive")
+    for key in ("auth_address_failures_per_minute", "auth_user_failures_per_minute", "auth_max_parallel",
+                "tls_renew_before_days"):
         if getattr(server, key) < 0:
             raise ConfigError(f"'server.{key}' must not be negative")
     _split_listen(server.listen, "server.listen")

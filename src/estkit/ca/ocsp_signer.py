@@ -30,9 +30,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.ocsp import ResponderKey
-from estkit.ca.ports import AuditEvent, IssuedCert
+from estkit.ca.server_cert import record_own_certificate
 from estkit.ca.signer import load_signer, write_private_key
-from estkit.protocol.csr import csr_fingerprint
 from estkit.protocol.keys import generate_key, key_type_of
 
 __all__ = ["ResponderKeys", "SIGNER_MODES", "issue_responder_certificate", "needs_renewal", "RESPONDER_LIFETIME"]
@@ -149,14 +148,8 @@ class ResponderKeys:
         replace the files: key first, each atomically (the lock keeps readers out)."""
         now = self.clock()
         cert, key = issue_responder_certificate(issuing, now, self.lifetime)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        self.ca.store.record_issued(
-            IssuedCert(serial=cert.serial_number, ca=name, label="-", subject=cert.subject.rfc4514_string(),
-                       sans=(), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                       requester=REQUESTER, key_type=key_type_of(cert.public_key()),
-                       csr_fingerprint=csr_fingerprint(der), der=der),
-            AuditEvent(event="issued", identity=REQUESTER, peer="-", label="-", serial=cert.serial_number,
-                       detail="OCSP responder certificate (RFC 6960 §4.2.2.2)", at=now))
+        record_own_certificate(self.ca.store, cert, ca=name, requester=REQUESTER, at=now,
+                               detail="OCSP responder certificate (RFC 6960 §4.2.2.2)")
         cert_path, key_path = self.paths(name)
         for tmp in (key_path.with_suffix(".key.new"), cert_path.with_suffix(".pem.new")):
             tmp.unlink(missing_ok=True)

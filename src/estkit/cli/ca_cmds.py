@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from estkit.ca.create import make_ca_certificate, make_tls_certificate
+from estkit.ca.server_cert import record_own_certificate
 from estkit.ca.ports import AuditEventType
 from estkit.cli.common import config_for
 from estkit.ca.signer import KeySigner, load_signer, write_private_key
-from estkit.cli.initdir import record_server_certificate
 from estkit.config import ConfigError
 from estkit.protocol.csr import general_names_text
 from estkit.protocol.keys import generate_key, key_type_of
@@ -114,8 +114,8 @@ def rollover(directory: str | None, ca_name: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, cfg.dir / "config.toml")
 
-    record_server_certificate(build_store(cfg), tls_cert, ca=ca_name, requester="estkit ca rollover",
-                              event=AuditEventType.ROLLOVER, detail=f"CA {ca_name}: new root {new_name.rfc4514_string()}")
+    record_own_certificate(build_store(cfg), tls_cert, ca=ca_name, requester="estkit ca rollover",
+                           event=AuditEventType.ROLLOVER, detail=f"CA {ca_name}: new root {new_name.rfc4514_string()}")
     click.echo(f"rolled over CA {ca_name}: new root {new_name.rfc4514_string()} in ca/root-{gen}.pem; "
                f"restart the server. {trust} now holds the new and the old root.")
 

@@ -6,22 +6,20 @@ import ipaddress
 import os
 import urllib.parse
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.create import ca_name, make_ca_certificate, make_tls_certificate
-from estkit.ca.ports import AuditEvent, CertStore, IssuedCert
+from estkit.ca.server_cert import record_own_certificate
 from estkit.ca.signer import KeySigner, write_private_key
 from estkit.cli.perms import PUBLIC_MODE
 from estkit.config import CONFIG_NAME
-from estkit.protocol.csr import csr_fingerprint, general_names_text
-from estkit.protocol.keys import generate_key, key_type_of
+from estkit.protocol.keys import generate_key
 from estkit.store import open_store
 
-__all__ = ["init_dir", "InitError", "record_server_certificate", "public_listen"]
+__all__ = ["init_dir", "InitError", "public_listen"]
 
 
 class InitError(Exception):
@@ -75,20 +73,6 @@ honour_san = true
 allowed_key_types = ["ec:P-256", "ec:P-384", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519"]
 require_linking = false
 {crl_url}{ocsp_url}"""
-
-
-def record_server_certificate(store: CertStore, cert: x509.Certificate, *, ca: str, requester: str,
-                              detail: str, event: str = "issued") -> None:
-    """Record a certificate the CLI signed outside EST (the TLS server's), with its audit event."""
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    der = cert.public_bytes(Encoding.DER)
-    store.record_issued(IssuedCert(
-        serial=cert.serial_number, ca=ca, label="-", subject=cert.subject.rfc4514_string(),
-        sans=tuple(general_names_text(san)), not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc, requester=requester, key_type=key_type_of(cert.public_key()),
-        csr_fingerprint=csr_fingerprint(der), der=der),
-        AuditEvent(event=event, identity=requester, peer="-", label="-", serial=cert.serial_number,
-                   detail=detail, at=datetime.now(UTC)))
 
 
 def public_listen(url: str) -> tuple[str, str]:
@@ -183,8 +167,7 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     # Every certificate this CA signs is recorded, the server's own included.
     store = open_store(os.environ.get("ESTKIT_STORE_URL")
                        or "sqlite:///" + str((directory / "estkit.db").resolve()))
-    record_server_certificate(store, tls_cert, ca="default", requester="estkit init",
-                              detail="TLS server certificate")
+    record_own_certificate(store, tls_cert, ca="default", requester="estkit init", detail="TLS server certificate")
     store.close()
     written.append(directory / "estkit.db")
     return written

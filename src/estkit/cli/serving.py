@@ -10,20 +10,27 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from cryptography import x509
 
 from estkit.cli.wiring import build_authority, build_revocation, build_server, build_store, load_pem_certs
 from estkit.config import Config, split_listen
 from estkit.protocol.constants import CRL_PATH, OCSP_PATH
 from estkit.ca.authority import CertificateAuthority
+from estkit.ca.server_cert import ServerCertificate
 from estkit.server.app import EstServer
 from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
 from estkit.server.notify import sd_notify
+from estkit.server.periodic import every
+
+if TYPE_CHECKING:
+    from estkit.server.metrics import StateCollector
 
 __all__ = ["run_server", "ListenError"]
 
@@ -58,8 +65,11 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     revocation = build_revocation(ca)  # one per process: CMC revocations, superseded renewals, the CRL listener
     server = build_server(cfg, ca, revocation)
     trust = ca.trust_anchors() + [c for p in cfg.server.bootstrap_trust for c in load_pem_certs(cfg.path(p))]
-    ssl_ctx = server_context(cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key), trust)
-    tls_not_after = load_pem_certs(cfg.path(cfg.server.tls_cert))[0].not_valid_after_utc
+    tls = ServerCertificate(ca, cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key),
+                            renew_before=timedelta(days=cfg.server.tls_renew_before_days))
+    tls.refresh()  # renewed now if due, before the workers fork with it
+    ssl_ctx = server_context(tls.cert_path, tls.key_path, trust)
+    tls_not_after = tls.current.not_valid_after_utc
     if server.readiness is not None:
         server.readiness.tls_not_after = tls_not_after  # /readyz fails once it has expired
     host, port = split_listen(listen or cfg.server.listen, "--listen")
@@ -88,10 +98,11 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
             extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
         log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
-    metrics_dir = None
+    metrics_dir, state = None, None
     if cfg.server.metrics_listen:
-        metrics_dir, site = _metrics_site(cfg, server, ca, tls_not_after)
+        metrics_dir, site, state = _metrics_site(cfg, server, ca, tls_not_after)
         extra.append(site)
+    tls.on_change = lambda cert: _load_tls(tls, ssl_ctx, cert, server, state)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -102,26 +113,40 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
                     keepalive_timeout=sc.keepalive_timeout_seconds,
                     max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
-    return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
+    check = float(sc.tls_renew_check_seconds)
+
+    def make_app() -> web.Application:
+        app = server.app()
+        # Each worker looks at its TLS certificate: loads one another worker renewed, renews one that is due.
+        app.cleanup_ctx.append(every(check, tls.refresh, "TLS certificate check"))
+        return app
+
+    return serve(make_app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
-                 on_reload=lambda: _reload_tls(cfg, ssl_ctx),
-                 on_worker_exit=_worker_exited if metrics_dir else None)
+                 on_reload=tls.reload, on_worker_exit=_worker_exited if metrics_dir else None)
 
 
-def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:
-    """SIGHUP: the TLS certificate and key from disk into this worker's context.
-    New handshakes get them; established connections keep theirs."""
-    cert, key = cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key)
+def _load_tls(tls: ServerCertificate, ssl_ctx: ssl.SSLContext, cert: x509.Certificate, server: EstServer,
+              state: StateCollector | None) -> None:
+    """A new TLS certificate and key from disk (SIGHUP, or a renewal) into this
+    worker's context: new handshakes get them, open connections keep theirs.
+    (From the check's thread: a handshake copies the context's certificate
+    when it starts, under the GIL, so it sees the old pair or the new one.)"""
     try:
-        ssl_ctx.load_cert_chain(str(cert), str(key))
+        ssl_ctx.load_cert_chain(str(tls.cert_path), str(tls.key_path))
     except (OSError, ssl.SSLError) as exc:
-        log.error("SIGHUP: cannot reload the TLS certificate from %s (%s); still serving the old one", cert, exc)
+        log.error("cannot load the TLS certificate from %s (%s); still serving the old one", tls.cert_path, exc)
         return
-    log.info("reloaded the TLS certificate from %s", cert)
+    if server.readiness is not None:
+        server.readiness.tls_not_after = cert.not_valid_after_utc
+    if state is not None:
+        state.tls_not_after = cert.not_valid_after_utc
+    log.info("reloaded the TLS certificate from %s (serial %x, valid until %s)", tls.cert_path, cert.serial_number,
+             cert.not_valid_after_utc.isoformat())
 
 
-def _metrics_site(cfg: Config, server: EstServer, ca: CertificateAuthority,
-                  tls_not_after: datetime) -> tuple[Path, tuple[Callable[[], web.Application], socket.socket]]:
+def _metrics_site(cfg: Config, server: EstServer, ca: CertificateAuthority, tls_not_after: datetime
+                  ) -> tuple[Path, tuple[Callable[[], web.Application], socket.socket], StateCollector]:
     """Prometheus metrics over plain HTTP (estkit.server.metrics), served by the
     workers on one shared socket like the CRL: whichever worker accepts a scrape
     reads the files of all of them.  The parent stays a bare reaper that only
@@ -140,7 +165,7 @@ def _metrics_site(cfg: Config, server: EstServer, ca: CertificateAuthority,
     server.auth.failures.on_failure = metrics.auth_failure
     state = StateCollector(ca, tls_not_after)
     log.info("serving metrics on http://%s:%d/metrics", m_host, m_sock.getsockname()[1])
-    return metrics_dir, (lambda: metrics_app(state), m_sock)
+    return metrics_dir, (lambda: metrics_app(state), m_sock), state
 
 
 def _worker_exited(pid: int) -> None:

@@ -8,6 +8,7 @@ CRL; two workers; the delegated certificate's renewal; ``estkit init --public-ur
 from __future__ import annotations
 
 import base64
+import email.utils
 import http.client
 import os
 import signal
@@ -215,6 +216,39 @@ def test_get_form(srv: ServerProcess, tmp_path: Path, form: str) -> None:
     out = run(["openssl", "ocsp", "-respin", str(tmp_path / "resp.der"), "-issuer", str(srv.ca_pem),
                "-cert", str(cp), "-CAfile", str(srv.ca_pem), "-no_nonce"])
     assert f"{cp}: good" in out.stdout.decode() and "Response verify OK" in out.stderr.decode()
+
+
+@pytest.mark.parametrize("case", ["ok/get-without-nonce", "ok/get-with-nonce", "ok/post", "fail/get-malformed"])
+def test_http_caching(srv: ServerProcess, tmp_path: Path, case: str) -> None:
+    """RFC 5019 §6.2: a GET answer without a nonce may be cached until nextUpdate;
+    one with a nonce, or an error, never; a POST answer carries no cache headers."""
+    cp, _cert = _enroll(srv, tmp_path, "ocsp-cache")
+    der = _request_der(srv, cp, tmp_path, *(["-no_nonce"] if case != "ok/get-with-nonce" else []))
+    conn = http.client.HTTPConnection("127.0.0.1", _ocsp_port(srv), timeout=30)
+    if case == "ok/post":
+        conn.request("POST", "/ocsp", body=der, headers={"Content-Type": c.CT_OCSP_REQUEST})
+    else:
+        b64 = base64.b64encode(der).decode() if case != "fail/get-malformed" else "AAAA"
+        conn.request("GET", "/ocsp/" + urllib.parse.quote(b64, safe=""))
+    r = conn.getresponse()
+    body, headers = r.read(), r.headers
+    conn.close()
+    assert r.status == 200
+    if case == "ok/post":
+        assert headers.get("Cache-Control") is None and headers.get("Expires") is None
+    elif case == "ok/get-without-nonce":
+        resp = ocsp.load_der_ocsp_response(body)
+        assert resp.next_update_utc is not None
+        cc = headers["Cache-Control"]
+        assert cc.endswith(", public, no-transform, must-revalidate"), cc
+        max_age = int(cc.split(",")[0].removeprefix("max-age="))
+        assert 3590 <= max_age <= 3600  # ocsp_next_update_seconds, the default
+        assert email.utils.parsedate_to_datetime(headers["Expires"]) == resp.next_update_utc.replace(microsecond=0)
+        assert email.utils.parsedate_to_datetime(headers["Last-Modified"]) == \
+            resp.this_update_utc.replace(microsecond=0)
+        assert headers["ETag"].startswith('"')
+    else:
+        assert headers["Cache-Control"] == "no-store" and headers.get("Expires") is None
 
 
 def test_ok_delegated_responder_certificate(srv: ServerProcess, tmp_path: Path) -> None:

@@ -13,18 +13,24 @@ from __future__ import annotations
 import asyncio
 import binascii
 import base64
+import hashlib
 import logging
 import urllib.parse
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import format_datetime
 
 from aiohttp import web
+from cryptography.x509 import ExtensionNotFound, OCSPNonce, ocsp
+
+from estkit.ca.ports import utc_now
 
 from estkit.ca.ocsp import OcspResponder
 from estkit.protocol import constants as c
 from estkit.server.periodic import every
 from estkit.server.transport import server_header
 
-__all__ = ["ocsp_app", "add_ocsp", "ocsp_url", "MAX_REQUEST"]
+__all__ = ["ocsp_app", "add_ocsp", "ocsp_url", "cache_headers", "MAX_REQUEST"]
 
 log = logging.getLogger("estkit.ocsp")
 
@@ -42,15 +48,44 @@ def _plain(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", content_type="text/plain")
 
 
+def cache_headers(der: bytes, now: datetime | None = None) -> dict[str, str]:
+    """HTTP caching of a response to a GET (RFC 5019 §6.2): a successful answer
+    is fresh until its nextUpdate, for any cache on the way; an answer to a
+    request with a nonce, or an error (tryLater above all), is for that request
+    only and never stored."""
+    try:
+        resp = ocsp.load_der_ocsp_response(der)
+    except ValueError:
+        return {"Cache-Control": "no-store"}
+    if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL or resp.next_update_utc is None:
+        return {"Cache-Control": "no-store"}
+    try:
+        resp.extensions.get_extension_for_class(OCSPNonce)
+        return {"Cache-Control": "no-store"}
+    except ExtensionNotFound:  # no nonce: the answer is the same for everybody
+        pass
+    now = now or utc_now()
+    max_age = max(0, int((resp.next_update_utc - now).total_seconds()))
+    return {
+        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+        "Last-Modified": format_datetime(resp.this_update_utc, usegmt=True),
+        "Expires": format_datetime(resp.next_update_utc, usegmt=True),
+        "ETag": '"' + hashlib.sha256(der).hexdigest()[:32] + '"',
+    }
+
+
 def add_ocsp(app: web.Application, responder: OcspResponder, refresh: Callable[[], None], *,
              refresh_every: float = 600.0) -> web.Application:
     """Add the OCSP routes and the responder-certificate check to an app
     (its own, or the CRL app when both share a listener)."""
 
-    async def answer(der: bytes) -> web.Response:
+    async def answer(der: bytes, *, cacheable: bool = False) -> web.Response:
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(None, responder.respond, der)
-        return web.Response(body=body, headers={"Content-Type": c.CT_OCSP_RESPONSE})
+        headers = {"Content-Type": c.CT_OCSP_RESPONSE}
+        if cacheable:  # a GET: caches on the way may keep it (RFC 5019 §6.2); a POST they do not store
+            headers.update(cache_headers(body))
+        return web.Response(body=body, headers=headers)
 
     async def post(request: web.Request) -> web.StreamResponse:
         if request.content_type != c.CT_OCSP_REQUEST:
@@ -78,7 +113,7 @@ def add_ocsp(app: web.Application, responder: OcspResponder, refresh: Callable[[
             der = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError):
             der = b""  # answered as malformedRequest, like any other unreadable request
-        return await answer(der)
+        return await answer(der, cacheable=True)
 
     app.router.add_post(c.OCSP_PATH, post)
     app.router.add_post(c.OCSP_PATH + "/", post)

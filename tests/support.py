@@ -326,3 +326,43 @@ def https(srv: ServerProcess, method: str, op: str, body: bytes | None = None, *
         return Reply(r.status, r.headers, r.read(), sock.version())
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A certificate enrolled through a running server, with its key, both also written as PEM files."""
+
+    cert: Any  # x509.Certificate
+    key: Any   # the private key
+    cert_path: Path
+    key_path: Path
+
+    @property
+    def tls(self) -> tuple[Path, Path]:
+        """The (certificate, key) files, as ServerProcess.ssl_context takes them."""
+        return self.cert_path, self.key_path
+
+
+def write_credentials(directory: Path, name: str, key: Any, cert: Any) -> tuple[Path, Path]:
+    """``name.pem`` and ``name.key`` (PKCS#8, unencrypted) in ``directory``."""
+    from cryptography.hazmat.primitives import serialization
+    cp, kp = directory / f"{name}.pem", directory / f"{name}.key"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cp, kp
+
+
+def enroll(srv: ServerProcess, directory: Path, cn: str, *, user: str, password: str, key_type: str = "ec:P-256",
+           label: str | None = None) -> Enrolled:
+    """/simpleenroll with HTTP Basic and a new key; asserts 200 and writes the pair into ``directory``."""
+    from estkit.protocol import constants as c
+    from estkit.protocol.csr import build_csr
+    from estkit.protocol.keys import generate_key
+    from estkit.protocol.pkcs7 import parse_certs_only
+    key = generate_key(key_type)
+    r = https(srv, "POST", "simpleenroll", base64.b64encode(build_csr(key, cn=cn)), label=label,
+              headers={"Content-Type": c.CT_PKCS10, "Authorization": basic(user, password)})
+    assert r.status == 200, r.body
+    cert = parse_certs_only(base64.b64decode(r.body))[0]
+    return Enrolled(cert, key, *write_credentials(directory, cn, key, cert))

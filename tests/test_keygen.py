@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from support import ServerProcess, basic, require_tool, run, server
+from support import ServerProcess, basic, require_tool, run, server, write_credentials
 
 from estkit.protocol import constants as c
 from estkit.protocol.cmc_cms import content_info, key_identifier
@@ -68,11 +68,7 @@ def _client_cert(srv: ServerProcess, tmp: Path, key_type: str, name: str) -> tup
     status, _h, body = _post(srv, "simpleenroll", build_csr(key, cn=name))
     assert status == 200, body
     cert = parse_certs_only(base64.b64decode(body))[0]
-    cp, kp = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
-    return cp, kp, key
+    return *write_credentials(tmp, name, key, cert), key
 
 
 def _same_key_openssl(tmp: Path, key_der: bytes, cert: x509.Certificate) -> None:

@@ -25,14 +25,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
-from support import ServerProcess, basic, estkit, free_port, init_server_dir, read_config, require_tool, run, server
+from support import ServerProcess, enroll, estkit, free_port, init_server_dir, read_config, require_tool, run, server
 
 from estkit.ca.create import make_ca_certificate, make_tls_certificate
 from estkit.ca.signer import KeySigner
 from estkit.protocol import constants as c
-from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
-from estkit.protocol.pkcs7 import parse_certs_only
 
 pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
 
@@ -73,18 +71,8 @@ def _wait_port(port: int) -> None:
 
 
 def _enroll(srv: ServerProcess, tmp: Path, cn: str) -> tuple[Path, x509.Certificate]:
-    key = generate_key("ec:P-256")
-    conn = http.client.HTTPSConnection("localhost", srv.port, context=srv.ssl_context(), timeout=30)
-    conn.request("POST", "/.well-known/est/simpleenroll", body=base64.b64encode(build_csr(key, cn=cn)),
-                 headers={"Content-Type": c.CT_PKCS10, "Authorization": basic(USER, PW)})
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    assert r.status == 200, body
-    cert = parse_certs_only(base64.b64decode(body))[0]
-    cp = tmp / f"{cn}.pem"
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cp, cert
+    e = enroll(srv, tmp, cn, user=USER, password=PW)
+    return e.cert_path, e.cert
 
 
 def _openssl_ocsp(issuer: Path, cafile: Path, url: str, *target: str, check: bool = True) -> tuple[str, str]:

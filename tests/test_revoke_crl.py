@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from support import ServerProcess, basic, estkit, free_port, require_tool, run, server
+from support import ServerProcess, enroll, estkit, free_port, require_tool, run, server
 
 from estkit.protocol import constants as c
 from estkit.protocol.csr import build_csr
 from estkit.protocol.keys import generate_key
-from estkit.protocol.pkcs7 import parse_certs_only
 
 pytestmark = pytest.mark.e2e  # real processes: left out of `make test-fast`
 
@@ -43,20 +41,8 @@ def _crl_base(srv: ServerProcess) -> str:
 
 
 def _enroll(srv: ServerProcess, tmp: Path, cn: str) -> tuple[Path, Path, x509.Certificate]:
-    key = generate_key("ec:P-256")
-    conn = http.client.HTTPSConnection("localhost", srv.port, context=srv.ssl_context(), timeout=30)
-    conn.request("POST", "/.well-known/est/simpleenroll", body=base64.b64encode(build_csr(key, cn=cn)),
-                 headers={"Content-Type": c.CT_PKCS10, "Authorization": basic(USER, PW)})
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    assert r.status == 200, body
-    cert = parse_certs_only(base64.b64decode(body))[0]
-    cp, kp = tmp / f"{cn}.pem", tmp / f"{cn}.key"
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
-    return cp, kp, cert
+    e = enroll(srv, tmp, cn, user=USER, password=PW)
+    return e.cert_path, e.key_path, e.cert
 
 
 def _reenroll_status(srv: ServerProcess, cp: Path, kp: Path, cn: str) -> tuple[int, bytes]:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from policy_support import audit
-from support import ServerProcess, basic, estkit, free_port, server
+from support import ServerProcess, basic, estkit, free_port, server, write_credentials
 
 from estkit.protocol import constants as c
 from estkit.protocol.csr import build_csr
@@ -50,11 +49,7 @@ def _enroll(srv: ServerProcess, tmp: Path, cn: str) -> tuple[tuple[Path, Path], 
     status, body = _post(srv, "simpleenroll", build_csr(key, cn=cn), auth=True)
     assert status == 200, body
     cert = parse_certs_only(base64.b64decode(body))[0]
-    cp, kp = tmp / f"{cn}.pem", tmp / f"{cn}.key"
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
-    return (cp, kp), cert
+    return write_credentials(tmp, cn, key, cert), cert
 
 
 def _renew(srv: ServerProcess, tls: tuple[Path, Path], cn: str) -> int:

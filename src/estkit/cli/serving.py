@@ -44,7 +44,7 @@ def _bind(host: str, port: int, key: str, **kw: bool) -> socket.socket:
 
 
 def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None,
-               on_ready: Callable[[], object] | None = None) -> int:
+               on_ready: Callable[[], object] | None = None, coap_listen: str | None = None) -> int:
     """Build everything once, bind, fork the workers and serve until stopped.
     ``on_ready`` runs once the port accepts connections (the quickstart's banner)."""
     from estkit.cli.perms import secure_dir
@@ -88,6 +88,10 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
             extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
         log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
+    services = []
+    if coap_listen or sc.coap_listen:  # EST-coaps (RFC 9148): estkit.cli.coap_serving
+        from estkit.cli.coap_serving import coap_starter
+        services.append(coap_starter(cfg, server, ca, trust, coap_listen or sc.coap_listen))
     metrics_dir = None
     if cfg.server.metrics_listen:
         metrics_dir, site = _metrics_site(cfg, server, ca, tls_not_after)
@@ -105,7 +109,7 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
                  on_reload=lambda: _reload_tls(cfg, ssl_ctx),
-                 on_worker_exit=_worker_exited if metrics_dir else None)
+                 on_worker_exit=_worker_exited if metrics_dir else None, services=services)
 
 
 def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:

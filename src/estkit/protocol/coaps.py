@@ -99,7 +99,7 @@ def code_for_error(exc: EstError) -> Code:
 def status_for_code(code: Code) -> int:
     """The HTTP status estkit's errors use for a CoAP error code (the client
     rebuilds the same error type with ``error_for_status``)."""
-    return _BY_CODE.get(code, 400 if code.is_client_error() else 500)
+    return _BY_CODE.get(code, 400 if code.class_ == 4 else 500)
 
 
 def allowed_of(exc: EstError) -> tuple[str, ...]:

@@ -145,7 +145,10 @@ class DtlsSession:
             except SSL.Error as exc:
                 self.close(f"DTLS error: {_ssl_reason(exc)}")
                 return
-            self.endpoint.on_message(self, plaintext)
+            try:
+                self.endpoint.on_message(self, plaintext)
+            except Exception:  # a bug must cost one message, not the session or the socket
+                log.exception("internal error on a message from %s", self.peer_str)
         self._flush()
 
     def _established(self) -> None:

@@ -42,7 +42,7 @@ MAX_SZX = 6
 # The options this server acts on; any other critical one is refused (RFC 7252 §5.4.1).
 _UNDERSTOOD = {OptionNumber.URI_HOST, OptionNumber.URI_PORT, OptionNumber.URI_PATH, OptionNumber.URI_QUERY,
                OptionNumber.CONTENT_FORMAT, OptionNumber.ACCEPT, OptionNumber.BLOCK1, OptionNumber.BLOCK2,
-               OptionNumber.SIZE1, OptionNumber.SIZE2}
+               OptionNumber.SIZE1, OptionNumber.SIZE2, OptionNumber.REQUEST_TAG}
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,11 @@ class CoapExchange:
         """One CoAP message from a session (DtlsEndpoint's callback)."""
         try:
             msg = Message.decode(data)
+            # RFC 7252 §3: token lengths 9-15 are reserved and a payload marker
+            # followed by no payload is a format error; aiocoap lets both pass.
+            if (data[0] & 0x0F) > 8 or (not msg.payload and data[-1:] == b"\xff"
+                                        and _options(data[:-1]) == _options(data)):
+                raise UnparsableMessage("message format error (RFC 7252 §3)")
         except (UnparsableMessage, ValueError, IndexError):
             # RFC 7252 §4.2/4.3: a message with a format error is rejected; a
             # CON with a readable header gets a Reset, anything else is dropped.
@@ -210,7 +215,9 @@ class CoapExchange:
                 return self._next_block(st, where, block2, msg.code)
         payload = msg.payload
         if block1 is not None:
-            got = self._upload(st, where, msg, block1)
+            # RFC 9175 §3.3: blocks with another Request-Tag belong to another body.
+            tag = tuple(t.hex() for t in msg.opt.request_tag)
+            got = self._upload(st, (where[0], where[1] + ("#",) + tag), msg, block1)
             if not isinstance(got, bytes):
                 return got
             payload = got
@@ -281,6 +288,14 @@ class CoapExchange:
             return (CoapReply(Code.CONTINUE), {"block1": block1})
         del st.uploads[where]
         return bytes(asm.body)
+
+
+def _options(data: bytes) -> list[tuple[int, bytes]] | None:
+    """The options of an encoded message, None when it does not decode."""
+    try:
+        return [(int(o.number), o.encode()) for o in Message.decode(data).opt.option_list()]
+    except (UnparsableMessage, ValueError, IndexError):
+        return None
 
 
 def _slice(reply: CoapReply, start: int, size: int) -> tuple[CoapReply, bool]:

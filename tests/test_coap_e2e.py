@@ -43,7 +43,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
         doc["labels"]["linked"] = {**base, "require_linking": True}
         doc["labels"]["held"] = {**base, "manual_approval": True, "pending_retry_after": 1}
 
-    with coap_server(d / "data", configure, init_args=("--intermediate",)) as (srv, port):
+    # Two workers: EST-coaps is served by worker 0 of a forked server (docs/architecture.md).
+    with coap_server(d / "data", configure, init_args=("--intermediate",), workers=2) as (srv, port):
         yield srv, port, idevid, stranger, direct
 
 
@@ -169,6 +170,16 @@ def test_ok_estclient_cli(env: Any, tmp_path: Path) -> None:
     _verify(srv, tmp_path, x509.load_pem_x509_certificate(out.read_bytes()), "cli")
     chain = run([str(VENV_BIN / "estclient"), "cacerts", *common]).stdout
     assert chain.count(b"BEGIN CERTIFICATE") == 2
+    # A credential directory, then `estclient renew` (cron's way) over EST-coaps with its own certificate.
+    d = tmp_path / "cred"
+    run([str(VENV_BIN / "estclient"), "enroll", *common, "--cert", str(idevid.cert), "--key", str(idevid.key),
+         "--cn", "cron-dev", "--dir", str(d)])
+    first = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+    out = run([str(VENV_BIN / "estclient"), "renew", *common, "--dir", str(d), "--force"])
+    assert b"renewed" in out.stdout
+    renewed = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+    assert renewed.serial_number != first.serial_number and renewed.subject == first.subject
+    _verify(srv, tmp_path, renewed, "cron")
 
 
 @pytest.mark.parametrize("label,link,error", [

@@ -7,8 +7,10 @@ the server still enrolls."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 from coap_support import Device, RawCoap, coap_server, coaps_url, manufacturer
 from OpenSSL import SSL
-from support import ServerProcess
+from support import ServerProcess, free_port
 
 from estkit.client import EstClient
 from estkit.client.errors import NetworkError
@@ -37,6 +39,7 @@ PER_ADDRESS = 3
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int, Device]]:
     d = tmp_path_factory.mktemp("coap-rob")
     root, idevid, _stranger, _direct = manufacturer(d)
+    metrics_port = free_port()
 
     def configure(doc: dict[str, Any]) -> None:
         doc["server"]["bootstrap_trust"] = [str(root)]
@@ -44,6 +47,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
         doc["server"]["handshake_timeout_seconds"] = 1
         doc["server"]["coap_idle_timeout_seconds"] = 1
         doc["server"]["coap_max_sessions_per_address"] = PER_ADDRESS
+        doc["server"]["metrics_listen"] = f"127.0.0.1:{metrics_port}"
 
     with coap_server(d / "data", configure) as (srv, port):
         yield srv, port, idevid
@@ -64,6 +68,16 @@ def _csr(cn: str = "rob-dev") -> bytes:
 
 
 # -- not DTLS at all --------------------------------------------------------------------------------------
+
+
+def test_coap_requests_are_counted_in_the_metrics(env: Any) -> None:
+    """The same metrics as HTTPS (EstServer.on_request): operation, label, status."""
+    _still_enrolls(env)
+    port = int(env[0].config()["server"]["metrics_listen"].rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    line = re.search(r'^estkit_requests_total\{label="",operation="simpleenroll",status="200"\} (\S+)$', text, re.M)
+    assert line is not None and float(line.group(1)) >= 1, text[:2000]
 
 
 def test_garbage_datagrams_get_no_answer(env: Any) -> None:

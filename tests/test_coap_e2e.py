@@ -4,8 +4,12 @@ estkit's own client, every certificate checked with ``openssl verify``."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,13 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 from coap_support import COAP_CLIENT, Device, RawCoap, coap_client, coap_server, coaps_url, manufacturer
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from support import VENV_BIN, ServerProcess, estkit, require_tool, run
 
-from estkit.client import ClientCertificate, EstClient, PendingWait
+from estkit.ca.create import make_tls_certificate
+from estkit.ca.signer import load_signer
+from estkit.client import EstClient, PendingWait
+from estkit.client.dtls import DtlsConnection
 from estkit.client.errors import NetworkError
 from estkit.errors import BadRequest, Forbidden, Unauthorized
 from estkit.protocol.coaps import decode_multipart_core
@@ -238,9 +245,24 @@ def test_fail_policy_refusal_is_4_03(env: Any, tmp_path: Path) -> None:
         _client(env, dev).enroll(cn="someone-else")
 
 
-def test_fail_foreign_certificate_handshake_refused(env: Any) -> None:
+def _forged(tmp: Path, srv: ServerProcess) -> Device:
+    """A certificate naming our root as issuer, signed by another key."""
+    root = x509.load_pem_x509_certificate(srv.ca_pem.read_bytes())
+    fake_key = generate_key("ec:P-256")
+    key = generate_key("ec:P-256")
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=forged"))
+            .issuer_name(root.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+            .sign(fake_key, hashes.SHA256()))
+    return _save(tmp, "forged", key, cert)
+
+
+@pytest.mark.parametrize("which", ["foreign", "forged"], ids=["fail/foreign-ca", "fail/forged-issuer-name"])
+def test_fail_foreign_or_forged_certificate_handshake_refused(env: Any, tmp_path: Path, which: str) -> None:
+    device = env[3] if which == "foreign" else _forged(tmp_path, env[0])
     with pytest.raises(NetworkError, match="handshake"):
-        _client(env, env[3]).enroll(cn="stranger")
+        _client(env, device).enroll(cn="stranger")
 
 
 def test_fail_no_client_certificate_is_4_01(env: Any) -> None:
@@ -318,3 +340,30 @@ def test_ok_block2_small_blocks_with_size2(env: Any, method: Code, path: str, pa
     assert len(got) == total
     certs = parse_certs_only(bytes(got))
     assert certs and (method == Code.GET or certs[0].subject.rfc4514_string() == "CN=block2-dev")
+
+
+def test_ok_sighup_reloads_the_dtls_certificate(env: Any) -> None:
+    """SIGHUP: new DTLS handshakes get the certificate now on disk, as HTTPS does (last: it changes the server)."""
+    srv, port = env[0], env[1]
+    d = srv.dir
+
+    def serial() -> int:
+        with DtlsConnection("127.0.0.1", port, trust_pem=srv.ca_pem.read_text(), verify=True, client_cert=None,
+                            timeout=10) as c:
+            c.handshake()
+            assert c.peer_certificate is not None
+            return int(c.peer_certificate.serial_number)
+
+    old = serial()
+    ca = x509.load_pem_x509_certificate((d / "ca" / "root.pem").read_bytes())
+    key = generate_key("ec:P-256")
+    cert = make_tls_certificate(key, ca, load_signer(d / "ca" / "root.key", None), ["localhost", "127.0.0.1"])
+    (d / "tls" / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "tls" / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert srv.proc is not None
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while serial() == old and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert serial() == cert.serial_number

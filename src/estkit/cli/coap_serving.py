@@ -13,8 +13,7 @@ from estkit.ca.keygen import ServerKeyGen
 from estkit.config import Config, split_listen
 from estkit.server.app import EstServer
 from estkit.server.coap.dtls import DtlsLimits, dtls_server_context
-from estkit.server.coap.service import bind_udp, coap_service
-from estkit.server.run import Service
+from estkit.server.coap.service import CoapService, bind_udp
 
 __all__ = ["coap_starter"]
 
@@ -22,7 +21,7 @@ log = logging.getLogger("estkit")
 
 
 def coap_starter(cfg: Config, server: EstServer, ca: CertificateAuthority, trust: list[x509.Certificate],
-                 listen: str) -> Service:
+                 listen: str) -> CoapService:
     """Bind the UDP socket now (a taken port fails the start, as for HTTPS) and
     return the service worker 0 starts.  Client certificates are verified
     against the same anchors as on HTTPS: ours and ``server.bootstrap_trust``."""
@@ -42,7 +41,6 @@ def coap_starter(cfg: Config, server: EstServer, ca: CertificateAuthority, trust
     limits = DtlsLimits(max_sessions=sc.coap_max_sessions, max_sessions_per_address=sc.coap_max_sessions_per_address,
                         handshake_timeout=sc.handshake_timeout_seconds, idle_timeout=sc.coap_idle_timeout_seconds)
     log.info("serving EST-coaps on coaps://%s:%d/.well-known/est (DTLS 1.2, worker 0)", host, sock.getsockname()[1])
-    # The context is built in the worker: SIGHUP's new TLS certificate is then
-    # picked up by a restarted worker 0 as well.
-    return coap_service(server, ServerKeyGen(ca), sock, lambda: dtls_server_context(cert, key, trust), limits,
-                        sc.max_body_bytes)
+    # The context is built in the worker, and again on SIGHUP (CoapService.reload).
+    return CoapService(server, ServerKeyGen(ca), sock, lambda: dtls_server_context(cert, key, trust), limits,
+                       sc.max_body_bytes)

@@ -9,9 +9,10 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from estkit.server.run import bind, serve
 from estkit.server.tls import server_context
 from estkit.server.connections import Limits, auto_max_connections
 from estkit.server.notify import sd_notify
+
+if TYPE_CHECKING:
+    from estkit.server.coap.service import CoapService
 
 __all__ = ["run_server", "ListenError"]
 
@@ -88,7 +92,7 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
             extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
         log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
-    services = []
+    services: list[CoapService] = []
     if coap_listen or sc.coap_listen:  # EST-coaps (RFC 9148): estkit.cli.coap_serving
         from estkit.cli.coap_serving import coap_starter
         services.append(coap_starter(cfg, server, ca, trust, coap_listen or sc.coap_listen))
@@ -108,13 +112,15 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
-                 on_reload=lambda: _reload_tls(cfg, ssl_ctx),
-                 on_worker_exit=_worker_exited if metrics_dir else None, services=services)
+                 on_reload=lambda: _reload_tls(cfg, ssl_ctx, services),
+                 on_worker_exit=_worker_exited if metrics_dir else None, services=list(services))
 
 
-def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext) -> None:
-    """SIGHUP: the TLS certificate and key from disk into this worker's context.
-    New handshakes get them; established connections keep theirs."""
+def _reload_tls(cfg: Config, ssl_ctx: ssl.SSLContext, services: Sequence[CoapService] = ()) -> None:
+    """SIGHUP: the TLS certificate and key from disk into this worker's context
+    (and EST-coaps' DTLS context). New handshakes get them; established connections keep theirs."""
+    for service in services:
+        service.reload()
     cert, key = cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key)
     try:
         ssl_ctx.load_cert_chain(str(cert), str(key))

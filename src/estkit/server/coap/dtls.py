@@ -232,8 +232,13 @@ class DtlsEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._secret = secrets.token_bytes(32)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.set_context(ctx)
+
+    def set_context(self, ctx: SSL.Context) -> None:
+        """Use ``ctx`` for new sessions (SIGHUP's new certificate); established ones keep theirs."""
         ctx.set_cookie_generate_callback(self._cookie)
         ctx.set_cookie_verify_callback(lambda conn, cookie: hmac.compare_digest(cookie, self._cookie(conn)))
+        self.ctx = ctx
 
     def _cookie(self, conn: SSL.Connection) -> bytes:
         # RFC 6347 §4.2.1: a keyed hash of the source, so that only a peer that

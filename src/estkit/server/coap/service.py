@@ -23,7 +23,7 @@ from estkit.server.coap.dtls import DtlsEndpoint, DtlsLimits
 from estkit.server.coap.exchange import CoapExchange
 from estkit.server.coap.resources import EstResources
 
-__all__ = ["bind_udp", "coap_service"]
+__all__ = ["bind_udp", "CoapService"]
 
 log = logging.getLogger("estkit.server")
 
@@ -43,17 +43,23 @@ def bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def coap_service(server: EstServer, keygen: ServerKeyGen | None, sock: socket.socket,
-                 make_context: Callable[[], SSL.Context], limits: DtlsLimits,
-                 max_body: int) -> Callable[[], Awaitable[Stop]]:
-    """A starter for ``estkit.server.run.serve``'s ``services``: serves EST-coaps
-    on ``sock`` in the running loop and returns the coroutine that stops it."""
+class CoapService:
+    """A service for ``estkit.server.run.serve`` (called in worker 0's loop, it
+    serves EST-coaps on ``sock`` and returns the coroutine that stops it), and
+    ``reload`` for SIGHUP: a new DTLS context from the certificate files."""
 
-    async def start() -> Stop:
-        resources = EstResources(server, keygen)
-        exchange = CoapExchange(resources.render, max_body=max_body)
-        endpoint = DtlsEndpoint(make_context(), limits, exchange.on_message, exchange.closed)
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=sock)
+    def __init__(self, server: EstServer, keygen: ServerKeyGen | None, sock: socket.socket,
+                 make_context: Callable[[], SSL.Context], limits: DtlsLimits, max_body: int) -> None:
+        self.server, self.keygen, self.sock = server, keygen, sock
+        self.make_context, self.limits, self.max_body = make_context, limits, max_body
+        self.endpoint: DtlsEndpoint | None = None  # in the worker that serves it
+
+    async def __call__(self) -> Stop:
+        resources = EstResources(self.server, self.keygen)
+        exchange = CoapExchange(resources.render, max_body=self.max_body)
+        endpoint = DtlsEndpoint(self.make_context(), self.limits, exchange.on_message, exchange.closed)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=self.sock)
+        self.endpoint = endpoint
 
         async def stop() -> None:
             for s in list(endpoint.sessions.values()):
@@ -64,4 +70,13 @@ def coap_service(server: EstServer, keygen: ServerKeyGen | None, sock: socket.so
 
         return stop
 
-    return start
+    def reload(self) -> None:
+        """SIGHUP in the serving worker: new handshakes get the certificate and key now on disk."""
+        if self.endpoint is None:
+            return
+        try:
+            self.endpoint.set_context(self.make_context())
+        except (OSError, SSL.Error) as exc:
+            log.error("SIGHUP: cannot reload the DTLS certificate (%s); EST-coaps still serves the old one", exc)
+            return
+        log.info("reloaded the DTLS certificate of EST-coaps")

@@ -263,3 +263,13 @@ def test_session_bounds_handshake_and_idle_timeouts(env: Any) -> None:
         for s in held:
             s.close()
     _still_enrolls(env)
+
+
+def test_non_confirmable_request_gets_a_non_answer(env: Any) -> None:
+    """RFC 7252 §5.2.3: a NON request is answered with a NON carrying its token."""
+    srv, port, _ = env
+    with RawCoap(srv, port) as c:
+        msg = c.message(Code.GET, f"{EST}/crts")
+        msg.mtype = Type.NON
+        r = c.send_raw(msg.encode())
+    assert r is not None and r.mtype == Type.NON and r.token == msg.token and r.code == Code.CONTENT

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
 from estkit.errors import BadRequest, EstError, PayloadTooLarge
-from estkit.protocol.coaps import CF_TEXT, code_for_error
+from estkit.protocol.coaps import CF_TEXT, allowed_of, code_for_error
 from estkit.server.coap.dtls import DtlsSession
 
 __all__ = ["CoapRequest", "CoapReply", "CoapExchange", "Render"]
@@ -72,7 +73,7 @@ class CoapReply:
         """RFC 9148 §5: the code for the error, a one-line diagnostic payload
         (RFC 7252 §5.5.2), and Max-Age for 5.03 like HTTP's Retry-After."""
         reason = exc.reason
-        allowed = getattr(exc, "allowed", ())
+        allowed = allowed_of(exc)
         if allowed:
             reason += f" (allowed: {', '.join(allowed)})"
         return cls(code_for_error(exc), reason.encode()[:256], CF_TEXT, exc.retry_after)
@@ -96,6 +97,8 @@ class _SessionState:
     # Responses larger than one block, kept for the follow-up requests (RFC 7959 §2.4).
     downloads: OrderedDict[tuple[int, tuple[str, ...]], tuple[float, CoapReply]] = field(default_factory=OrderedDict)
     busy: int = 0
+    # Message IDs of this server's own (NON) messages to the peer (RFC 7252 §4.4).
+    next_mid: int = field(default_factory=lambda: secrets.randbelow(0x10000))
 
 
 class CoapExchange:
@@ -188,7 +191,10 @@ class CoapExchange:
             setattr(out.opt, name, value)
         # RFC 7252 §5.2.1: piggybacked on the ACK of a CON; a NON gets a NON.
         out.mtype = Type.ACK if req.mtype == Type.CON else Type.NON
-        out.mid = req.mid if req.mtype == Type.CON else (req.mid + 1) & 0xFFFF
+        if req.mtype == Type.CON:
+            out.mid = req.mid
+        else:
+            out.mid = st.next_mid = (st.next_mid + 1) & 0xFFFF
         out.token = req.token
         raw = out.encode()
         key = (req.mid, req.token)
@@ -224,9 +230,9 @@ class CoapExchange:
             extra["block1"] = BlockOption.BlockwiseTuple(block1.block_number, False, block1.size_exponent)
         elif len(payload) > self.max_body:
             raise PayloadTooLarge(f"request body over server.max_body_bytes ({self.max_body} bytes)")
-        reply = await self.render(CoapRequest(session, msg.code, path, query,
-                                              msg.opt.content_format and int(msg.opt.content_format),
-                                              msg.opt.accept and int(msg.opt.accept), bytes(payload)))
+        fmt, accept = msg.opt.content_format, msg.opt.accept
+        reply = await self.render(CoapRequest(session, msg.code, path, query, None if fmt is None else int(fmt),
+                                              None if accept is None else int(accept), bytes(payload)))
         size = 1 << (szx + 4)
         if len(reply.payload) > size or block2 is not None:
             # RFC 7959 §2.4: the first block, the total in Size2 (§4), the rest kept for the follow-ups.

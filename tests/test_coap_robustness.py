@@ -47,6 +47,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
         doc["server"]["handshake_timeout_seconds"] = 1
         doc["server"]["coap_idle_timeout_seconds"] = 1
         doc["server"]["coap_max_sessions_per_address"] = PER_ADDRESS
+        doc["server"]["coap_max_sessions"] = PER_ADDRESS + 1
         doc["server"]["metrics_listen"] = f"127.0.0.1:{metrics_port}"
 
     with coap_server(d / "data", configure) as (srv, port):
@@ -200,26 +201,29 @@ def test_short_middle_block_is_4_00(env: Any) -> None:
 # -- DTLS state: cookies, half-open handshakes, limits, idle sessions ----------------------------------------
 
 
-def _half_open(port: int) -> socket.socket:
-    """A handshake that passes the cookie exchange and then stops (the server holds state for it)."""
+def _half_open(port: int, source: str = "127.0.0.1") -> socket.socket | None:
+    """A handshake that passes the cookie exchange and then stops (the server
+    holds state for it); None when the server does not go on (a bound)."""
     ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
     conn = SSL.Connection(ctx, None)
     conn.set_connect_state()
     conn.set_ciphertext_mtu(1280)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((source, 0))
     s.connect(("127.0.0.1", port))
-    s.settimeout(2)
-    for _ in range(2):  # ClientHello, HelloVerifyRequest, ClientHello with the cookie
+    s.settimeout(1)
+    for step in range(2):  # ClientHello, HelloVerifyRequest, ClientHello with the cookie, ServerHello...
         try:
             conn.do_handshake()
         except SSL.WantReadError:
             pass
         s.send(conn.bio_read(65536))
-        conn.bio_write(s.recv(65536))
-    try:
-        conn.do_handshake()
-    except SSL.WantReadError:
-        pass
+        try:
+            conn.bio_write(s.recv(65536))
+        except TimeoutError:
+            assert step == 1, "no HelloVerifyRequest"
+            s.close()
+            return None
     return s
 
 
@@ -245,23 +249,29 @@ def test_spoofed_client_hellos_hold_no_state(env: Any) -> None:
 
 
 def test_session_bounds_handshake_and_idle_timeouts(env: Any) -> None:
-    """server.coap_max_sessions_per_address holds; half-open handshakes end after
-    server.handshake_timeout_seconds and idle sessions after
-    server.coap_idle_timeout_seconds, and then the address is served again."""
+    """server.coap_max_sessions_per_address and server.coap_max_sessions hold;
+    half-open handshakes end after server.handshake_timeout_seconds and idle
+    sessions after server.coap_idle_timeout_seconds, and then the addresses
+    are served again."""
     srv, port, idevid = env
     idle = RawCoap(srv, port, idevid)
     held = [_half_open(port) for _ in range(PER_ADDRESS - 1)]
     try:
+        assert all(held)
         refused = EstClient(coaps_url(port), trust=srv.ca_pem, timeout=1.0)
         with pytest.raises(NetworkError, match="timed out"):
-            refused.cacerts()
+            refused.cacerts()  # the address's bound
+        other = _half_open(port, "127.0.0.2")  # another address: its first session fits in all
+        held.append(other)
+        assert other is not None and _half_open(port, "127.0.0.2") is None  # the bound in all
         time.sleep(2.2)  # both timeouts (1 s) and the once-a-second sweep
         with pytest.raises(NetworkError, match="closed"):
             idle.dtls.recv(1.0)  # close_notify of the idle session
     finally:
         idle.dtls.sock.close()
         for s in held:
-            s.close()
+            if s is not None:
+                s.close()
     _still_enrolls(env)
 
 

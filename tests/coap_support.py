@@ -114,6 +114,18 @@ class RawCoap:
         return reply
 
 
+def request_all(c: RawCoap, msg: Message) -> tuple[Message, bytes]:
+    """A request and every Block2 block of its answer (RFC 7959 §2.4)."""
+    r = c.request(msg)
+    body = bytearray(r.payload)
+    while r.opt.block2 is not None and r.opt.block2.more:
+        nxt = c.message(msg.code, "/".join(msg.opt.uri_path))
+        nxt.opt.block2 = type(r.opt.block2)(r.opt.block2.block_number + 1, False, r.opt.block2.size_exponent)
+        r = c.request(nxt)
+        body += r.payload
+    return r, bytes(body)
+
+
 def coap_client(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
     """libcoap's client (OpenSSL build); ``-B`` bounds its wait."""
     return subprocess.run([COAP_CLIENT, "-B", "10", *args], capture_output=True, timeout=timeout)

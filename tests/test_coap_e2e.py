@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
-from coap_support import COAP_CLIENT, Device, RawCoap, coap_client, coap_server, coaps_url, manufacturer
+from coap_support import (COAP_CLIENT, Device, RawCoap, coap_client, coap_server, coaps_url, manufacturer,
+                          request_all)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from support import VENV_BIN, ServerProcess, estkit, require_tool, run
@@ -30,6 +31,7 @@ from estkit.client.errors import NetworkError
 from estkit.errors import BadRequest, Forbidden, Unauthorized
 from estkit.protocol.coaps import decode_multipart_core
 from estkit.protocol.csr import build_csr
+from estkit.protocol.envelope import unwrap_server_key
 from estkit.protocol.keys import generate_key
 from estkit.protocol.pkcs7 import parse_certs_only
 
@@ -166,6 +168,9 @@ def test_ok_estkit_client_every_operation(env: Any, tmp_path: Path) -> None:
     skey, scert = _client(env, dev2).serverkeygen(cn="lib-dev")
     assert scert.public_key() == skey.public_key()
     _verify(srv, tmp_path, scert, "serverkeygen")
+    # encrypted to the client certificate (280 in the multipart-core), opened with its key
+    ekey, ecert = _client(env, dev2).serverkeygen(cn="lib-dev", encrypt=True)
+    assert ecert.public_key() == ekey.public_key()
 
 
 def test_ok_estclient_cli(env: Any, tmp_path: Path) -> None:
@@ -367,3 +372,22 @@ def test_ok_sighup_reloads_the_dtls_certificate(env: Any) -> None:
     while serial() == old and time.monotonic() < deadline:
         time.sleep(0.1)
     assert serial() == cert.serial_number
+
+
+def test_ok_skc_returns_the_key_encrypted_to_the_client_certificate(env: Any, tmp_path: Path) -> None:
+    """RFC 9148 §4.8: skc answers the private key CMS-encrypted (280) to the
+    client's certificate, with the certificate (281), even when the CSR does not ask."""
+    srv, port = env[0], env[1]
+    key, cert = _client(env, env[2]).enroll(cn="skc-dev")
+    dev = _save(tmp_path, "skc-dev", key, cert)
+    with RawCoap(srv, port, dev) as c:
+        r, payload = request_all(c, c.message(Code.POST, f"{EST}/skc",
+                                              build_csr(generate_key("ec:P-256"), cn="skc-dev"), content_format=286))
+    assert r.code == Code.CHANGED and r.opt.content_format == 62, (r, payload)
+    parts = dict(decode_multipart_core(payload))
+    assert set(parts) == {280, 281}, parts.keys()
+    key_der, _signers = unwrap_server_key(parts[280], key)
+    server_key = serialization.load_der_private_key(key_der, None)
+    (kg_cert,) = parse_certs_only(parts[281])
+    assert kg_cert.public_key() == server_key.public_key()
+    _verify(srv, tmp_path, kg_cert, "skc")

@@ -61,7 +61,7 @@ COAP_OPS: tuple[CoapOp, ...] = (
     CoapOp("sren", c.OP_SIMPLEREENROLL, Code.POST, CF_PKCS10, (CF_CERTS_ONLY, CF_PKIX_CERT), Code.CHANGED),
     CoapOp("att", c.OP_CSRATTRS, Code.GET, None, (CF_CSRATTRS,), Code.CONTENT),
     CoapOp("skg", c.OP_SERVERKEYGEN, Code.POST, CF_PKCS10, (CF_MULTIPART_CORE,), Code.CHANGED),
-    # skc is skg whose private key comes back encrypted (280 instead of 284, RFC 9148 §4.8).
+    # skc is skg whose private key always comes back encrypted (280 instead of 284, RFC 9148 §4.8).
     CoapOp("skc", c.OP_SERVERKEYGEN, Code.POST, CF_PKCS10, (CF_MULTIPART_CORE,), Code.CHANGED),
 )
 OP_BY_SHORT = {op.short: op for op in COAP_OPS}

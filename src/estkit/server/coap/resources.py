@@ -5,6 +5,7 @@ are the same.  Payloads are binary DER (RFC 9148 §4.3), not base64."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -126,9 +127,11 @@ class EstResources:
             return CoapReply(op.success, certs_only([cert]), k.CF_CERTS_ONLY)
         if self.keygen is None:
             raise NotFound("server-side key generation is not served here")
-        result: GeneratedKey = await self._as_client(req, label, info, self.keygen.serverkeygen, label, req.payload)
-        # RFC 9148 §4.8: [key ct, key, cert ct, cert]; the key is 280 (CMS-encrypted,
-        # when the CSR asked for it as RFC 7030 §4.4.1.2 says) or 284 (PKCS#8).
+        # RFC 9148 §4.8: skc always encrypts the key (to the DTLS client certificate);
+        # skg does when the CSR or the label asks for it (RFC 7030 §4.4.1.2).
+        keygen = functools.partial(self.keygen.serverkeygen, encrypt=op.short == "skc")
+        result: GeneratedKey = await self._as_client(req, label, info, keygen, label, req.payload)
+        # [key ct, key, cert ct, cert]: the key 280 (CMS-encrypted) or 284 (PKCS#8).
         key_ct = k.CF_SERVER_KEY if result.encrypted else k.CF_PKCS8
         body = k.encode_multipart_core([(key_ct, result.key_der), (k.CF_CERTS_ONLY, certs_only([result.certificate]))])
         return CoapReply(op.success, body, k.CF_MULTIPART_CORE)

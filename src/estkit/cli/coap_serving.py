@@ -40,7 +40,8 @@ def coap_starter(cfg: Config, server: EstServer, ca: CertificateAuthority, trust
         raise OSError(f"EST-coaps: cannot use {cert} and {key} for DTLS: {exc}") from None
     limits = DtlsLimits(max_sessions=sc.coap_max_sessions, max_sessions_per_address=sc.coap_max_sessions_per_address,
                         handshake_timeout=sc.handshake_timeout_seconds, idle_timeout=sc.coap_idle_timeout_seconds)
-    log.info("serving EST-coaps on coaps://%s:%d/.well-known/est (DTLS 1.2, worker 0)", host, sock.getsockname()[1])
+    log.info("serving EST-coaps on coaps://%s:%d/.well-known/est (DTLS 1.2, worker 0)",
+             f"[{host}]" if ":" in host else host, sock.getsockname()[1])
     # The context is built in the worker, and again on SIGHUP (CoapService.reload).
     return CoapService(server, ServerKeyGen(ca), sock, lambda: dtls_server_context(cert, key, trust), limits,
                        sc.max_body_bytes)

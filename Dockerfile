@@ -18,6 +18,8 @@ ENV ESTKIT_DIR=/var/lib/estkit \
     ESTKIT_LISTEN=0.0.0.0:8443
 VOLUME ["/var/lib/estkit"]
 EXPOSE 8443
+# EST-coaps (RFC 9148) when server.coap_listen or --coap-listen asks for it
+EXPOSE 5684/udp
 # Load balancers and Docker alike ask /readyz: the store answers, every CA key signs, TLS is valid.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/usr/local/bin/healthcheck.py"]

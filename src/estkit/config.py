@@ -70,6 +70,14 @@ class ServerConfig:
     # this often, and loads a certificate another worker renewed.
     tls_renew_before_days: int = 30
     tls_renew_check_seconds: int = 3600
+    # EST-coaps (RFC 9148) over DTLS 1.2 on this UDP HOST:PORT ("" = off; the usual
+    # port is 5684), served by worker 0 (server/coap/service.py); DTLS sessions in
+    # all and per client address, and how long an idle session is kept.  The
+    # handshake timeout and body size are the HTTPS ones.
+    coap_listen: str = ""
+    coap_max_sessions: int = 1024
+    coap_max_sessions_per_address: int = 16
+    coap_idle_timeout_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,11 @@ def load_config(directory: Path) -> Config:
         raise ConfigError("'server.ocsp_next_update_seconds' must be positive")
     if server.metrics_listen:
         _split_listen(server.metrics_listen, "server.metrics_listen")
+    if server.coap_listen:
+        _split_listen(server.coap_listen, "server.coap_listen")
+    for key in ("coap_max_sessions", "coap_max_sessions_per_address", "coap_idle_timeout_seconds"):
+        if getattr(server, key) <= 0:
+            raise ConfigError(f"'server.{key}' must be positive")
 
     store = _table(doc, "store")
     for key in store:

@@ -59,16 +59,19 @@ class ServerKeyGen:
     def __init__(self, ca: KeyGenAuthority) -> None:
         self.ca = ca
 
-    def serverkeygen(self, label: str | None, request: CertRequest, ctx: RequestContext) -> GeneratedKey:
+    def serverkeygen(self, label: str | None, request: CertRequest, ctx: RequestContext, *,
+                     encrypt: bool = False) -> GeneratedKey:
         """RFC 7030 §4.4: generate a key of the label's (or the CSR's) type,
-        certify it for the CSR's subject and SANs, return both."""
+        certify it for the CSR's subject and SANs, return both.  ``encrypt``:
+        the key goes encrypted to the client certificate whatever the CSR says
+        (EST-coaps ``skc``, RFC 9148 §4.8)."""
         profile = self.ca.profile(label)
         if not profile.serverkeygen:
             # RFC 7030 §4.4: optional; off unless the label enables it.
             raise NotFound(f"serverkeygen is not enabled for label {profile.label!r}")
         if request.pkcs10 is None:
             raise BadRequest("serverkeygen takes a PKCS#10 request (RFC 7030 §4.4.1)")
-        recipient = self._recipient(request.pkcs10, ctx, profile.serverkeygen_encrypt)
+        recipient = self._recipient(request.pkcs10, ctx, profile.serverkeygen_encrypt or encrypt)
         key_type = profile.serverkeygen_key_type or request.key_type
         if key_type not in KEY_TYPES:
             raise BadRequest(f"cannot generate a {key_type} key (supported: {', '.join(KEY_TYPES)})")

@@ -154,7 +154,8 @@ class CheckLinking:
                                  "base64(tls-unique) of this TLS 1.2 session in the CSR's challengePassword",
                                  fail_info=FailInfo.POP_FAILED)
             return
-        if ctx.tls_version != "TLSv1.2" or not ctx.tls_unique:
+        # RFC 9148 §3: EST-coaps links with DTLS 1.2's tls-unique, defined as in TLS 1.2.
+        if ctx.tls_version not in ("TLSv1.2", "DTLSv1.2") or not ctx.tls_unique:
             raise BadRequest("proof-of-possession linking failed: tls-unique exists only in TLS 1.2; "
                              "send the linked CSR over a TLS 1.2 connection", fail_info=FailInfo.POP_FAILED)
         if not hmac.compare_digest(cp.strip(), linking_value(ctx.tls_unique)):

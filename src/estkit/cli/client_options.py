@@ -93,7 +93,8 @@ def server_options(f: F) -> F:
     """Options every subcommand shares, passed as ``conn: ConnectionOptions``."""
     return _gather(f, "conn", ConnectionOptions, [
         click.option("--server", "server", envvar="ESTCLIENT_SERVER", required=True, metavar="URL",
-                     help="EST server, https://host[:port][/path] ($ESTCLIENT_SERVER)."),
+                     help="EST server, https://host[:port][/path], or coaps://host[:port] for EST-coaps "
+                          "(RFC 9148) ($ESTCLIENT_SERVER)."),
         click.option("--label", default=None, help="CA label (RFC 7030 §3.2.2)."),
         click.option("--trust", type=click.Path(exists=True, dir_okay=False), envvar="ESTCLIENT_TRUST",
                      help="Trust anchors, PEM ($ESTCLIENT_TRUST); default: the system store."),

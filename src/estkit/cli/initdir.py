@@ -54,6 +54,7 @@ crl_listen = "{crl_listen}"{crl_comment}
 ocsp_listen = "{ocsp_listen}"               # OCSP responder, RFC 6960 (HOST:PORT; = crl_listen: same listener; empty: off)
 ocsp_signer = "delegated"            # or "ca": sign OCSP responses with the CA key itself
 metrics_listen = "{metrics_listen}"         # Prometheus /metrics over plain HTTP (HOST:PORT, empty: off)
+coap_listen = ""                     # EST-coaps, RFC 9148: CoAP over DTLS on this UDP HOST:PORT (usual port 5684; empty: off)
 
 [store]
 url = "sqlite:///estkit.db"          # or postgresql+psycopg://user:pass@host/db

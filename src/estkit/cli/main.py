@@ -78,14 +78,17 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
 @DirOption
 @click.option("--listen", default=None, help="HOST:PORT (default: server.listen of the config).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: config, 0 = cores).")
+@click.option("--coap-listen", default=None, metavar="HOST:PORT",
+              help="Also serve EST-coaps (RFC 9148, CoAP over DTLS) on this UDP address (default: server.coap_listen).")
 @click.option("--verbose", is_flag=True)
-def serve(directory: str | None, listen: str | None, workers: int | None, verbose: bool) -> None:
-    """Serve EST over HTTPS until SIGTERM or SIGINT."""
+def serve(directory: str | None, listen: str | None, workers: int | None, coap_listen: str | None,
+          verbose: bool) -> None:
+    """Serve EST over HTTPS (and EST-coaps when asked) until SIGTERM or SIGINT."""
     _setup_logging(verbose)
     cfg = config_for(directory)
     from estkit.cli.serving import run_server
     try:
-        code = run_server(cfg, listen=listen, workers=workers)
+        code = run_server(cfg, listen=listen, workers=workers, coap_listen=coap_listen)
     except (ConfigError, StoreError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +30,7 @@ from estkit.server.notify import sd_notify
 from estkit.server.periodic import every
 
 if TYPE_CHECKING:
+    from estkit.server.coap.service import CoapService
     from estkit.server.metrics import StateCollector
 
 __all__ = ["run_server", "ListenError"]
@@ -51,7 +52,7 @@ def _bind(host: str, port: int, key: str, **kw: bool) -> socket.socket:
 
 
 def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = None,
-               on_ready: Callable[[], object] | None = None) -> int:
+               on_ready: Callable[[], object] | None = None, coap_listen: str | None = None) -> int:
     """Build everything once, bind, fork the workers and serve until stopped.
     ``on_ready`` runs once the port accepts connections (the quickstart's banner)."""
     from estkit.cli.perms import secure_dir
@@ -98,11 +99,15 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
             extra.append((lambda: ocsp_app(responder, keys.refresh), ocsp_sock))
         log.info("serving OCSP on http://%s:%d%s (signed by %s)", *ocsp_sock.getsockname()[:2], OCSP_PATH,
                  "delegated responder certificates" if sc.ocsp_signer == "delegated" else "the CA keys")
+    services: list[CoapService] = []
+    if coap_listen or sc.coap_listen:  # EST-coaps (RFC 9148): estkit.cli.coap_serving
+        from estkit.cli.coap_serving import coap_starter
+        services.append(coap_starter(cfg, server, ca, trust, coap_listen or sc.coap_listen))
     metrics_dir, state = None, None
     if cfg.server.metrics_listen:
         metrics_dir, site, state = _metrics_site(cfg, server, ca, tls_not_after)
         extra.append(site)
-    tls.on_change = lambda cert: _load_tls(tls, ssl_ctx, cert, server, state)
+    tls.on_change = lambda cert: _load_tls(tls, ssl_ctx, cert, server, state, services)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -123,15 +128,19 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
 
     return serve(make_app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),
-                 on_reload=tls.reload, on_worker_exit=_worker_exited if metrics_dir else None)
+                 on_reload=tls.reload, on_worker_exit=_worker_exited if metrics_dir else None,
+                 services=list(services))
 
 
 def _load_tls(tls: ServerCertificate, ssl_ctx: ssl.SSLContext, cert: x509.Certificate, server: EstServer,
-              state: StateCollector | None) -> None:
+              state: StateCollector | None, services: Sequence[CoapService] = ()) -> None:
     """A new TLS certificate and key from disk (SIGHUP, or a renewal) into this
-    worker's context: new handshakes get them, open connections keep theirs.
-    (From the check's thread: a handshake copies the context's certificate
-    when it starts, under the GIL, so it sees the old pair or the new one.)"""
+    worker's context, and EST-coaps' DTLS context: new handshakes get them, open
+    connections keep theirs.  (From the check's thread: a handshake copies the
+    context's certificate when it starts, under the GIL, so it sees the old pair
+    or the new one.)"""
+    for service in services:
+        service.reload()
     try:
         ssl_ctx.load_cert_chain(str(tls.cert_path), str(tls.key_path))
     except (OSError, ssl.SSLError) as exc:

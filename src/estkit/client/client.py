@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
@@ -33,6 +33,9 @@ from estkit.protocol.csrattrs import CsrAttrs, decode_csrattrs, key_types_from
 from estkit.protocol.envelope import unwrap_server_key
 from estkit.protocol.framing import encode_b64
 from estkit.protocol.keys import generate_key, key_type_of
+
+if TYPE_CHECKING:
+    from estkit.client.coap import CoapTransport
 
 __all__ = ["EstClient", "PendingWait", "Trust", "DEFAULT_KEY_TYPE"]
 
@@ -87,8 +90,14 @@ class EstClient:
         self.max_retry_after = max_retry_after
         self.on_pending = on_pending
         self._sleep = sleep
-        self.transport = Transport(self.endpoint, trust_pem=_trust_pem(trust), client_cert=client_cert,
-                                   timeout=timeout)
+        self.transport: Transport | CoapTransport
+        if self.endpoint.scheme == "coaps":  # EST-coaps, RFC 9148: same operations, same answers
+            from estkit.client.coap import CoapTransport
+            self.transport = CoapTransport(self.endpoint, trust_pem=_trust_pem(trust), client_cert=client_cert,
+                                           timeout=timeout)
+        else:
+            self.transport = Transport(self.endpoint, trust_pem=_trust_pem(trust), client_cert=client_cert,
+                                       timeout=timeout)
         self._csrattrs: CsrAttrs | None = None
         self._cacerts: list[x509.Certificate] | None = None
 

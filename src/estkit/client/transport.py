@@ -60,14 +60,16 @@ class Endpoint:
     port: int
     prefix: str
     label: str | None = None
+    scheme: str = "https"  # or "coaps": EST-coaps, RFC 9148 (estkit.client.coap)
 
     @classmethod
     def parse(cls, url: str, label: str | None = None) -> Endpoint:
         """From ``https://est.example.com[:port][/path]``; ``/.well-known/est`` is
-        appended unless the path already holds it (RFC 7030 §3.2.2)."""
+        appended unless the path already holds it (RFC 7030 §3.2.2).  ``coaps://``
+        is EST over CoAP and DTLS (RFC 9148 §3), port 5684 by default."""
         parts = urlsplit(url if "://" in url else "https://" + url)
-        if parts.scheme != "https":
-            raise ValueError(f"EST runs over HTTPS only (RFC 7030 §3.3): {url!r}")
+        if parts.scheme not in ("https", "coaps"):
+            raise ValueError(f"EST runs over HTTPS (RFC 7030 §3.3) or CoAP over DTLS (coaps://, RFC 9148): {url!r}")
         if not parts.hostname:
             raise ValueError(f"no host in {url!r}")
         path = parts.path.rstrip("/")
@@ -75,7 +77,8 @@ class Endpoint:
             path += c.WELL_KNOWN
         if label is not None and (not label or "/" in label or label in c.OPERATIONS):
             raise ValueError(f"bad CA label {label!r} (RFC 7030 §3.2.2)")
-        return cls(parts.hostname, parts.port or 443, path, label)
+        return cls(parts.hostname, parts.port or (443 if parts.scheme == "https" else 5684), path, label,
+                   parts.scheme)
 
     def path(self, op: str) -> str:
         """The request path of an operation."""

@@ -18,14 +18,18 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from estkit.server.connections import Limits
 from estkit.server.transport import EstSite
 
-__all__ = ["serve", "bind"]
+__all__ = ["serve", "bind", "Service"]
+
+# Something served beside the aiohttp sites in one worker (EST-coaps): started
+# in the worker's loop, it returns the coroutine function that stops it.
+Service = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
 
 log = logging.getLogger("estkit.server")
 # Held while starting (a SIGHUP before its handler would kill the process), delivered once handled.
@@ -71,7 +75,7 @@ def _worker_sockets(sock: socket.socket, workers: int) -> list[socket.socket]:
 async def _run_worker(make_app: Callable[[], web.Application], sock: socket.socket,
                       ssl_ctx: ssl.SSLContext | None, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]],
                       limits: Limits, on_stop: Callable[[], object] | None = None,
-                      on_reload: Callable[[], object] | None = None) -> None:
+                      on_reload: Callable[[], object] | None = None, services: list[Service] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,9 +96,12 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
             site = web.SockSite(runner, s)
         await site.start()
         runners.append(runner)
+    stoppers = [await start() for start in services or []]
     await stop.wait()
     if on_stop is not None:
         on_stop()
+    for stop_service in stoppers:
+        await stop_service()
     for runner in runners:
         await runner.cleanup()
 
@@ -111,8 +118,9 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
           workers: int = 1, extra_sites: list[tuple[Callable[[], web.Application], socket.socket]] | None = None,
           on_ready: Callable[[], object] | None = None, on_stop: Callable[[], object] | None = None,
           on_reload: Callable[[], object] | None = None, limits: Limits | None = None,
-          on_worker_exit: Callable[[int], object] | None = None) -> int:
+          on_worker_exit: Callable[[int], object] | None = None, services: list[Service] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 on a clean stop).
+    ``services`` run in the first worker only (slot 0, restarted with it).
     ``on_ready`` runs once the port accepts connections, ``on_stop`` when a stop begins,
     ``on_worker_exit(pid)`` when a worker process has been reaped."""
     # The socket already accepts connections: hold stop signals until handlers
@@ -123,7 +131,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
     if workers <= 1:
         if on_ready:
             on_ready()
-        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim, on_stop, on_reload))
+        _loop_run(lambda: _run_worker(make_app, sock, ssl_ctx, extra, lim, on_stop, on_reload, services))
         return 0
     socks = _worker_sockets(sock, workers)
 
@@ -136,7 +144,8 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
                 for s in socks:
                     if s is not own:
                         s.close()  # each worker holds only its own socket of the group
-                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra, lim, on_reload=on_reload))
+                _loop_run(lambda: _run_worker(make_app, own, ssl_ctx, extra, lim, on_reload=on_reload,
+                                              services=services if slot == 0 else None))
             except BaseException:
                 log.exception("worker failed")
                 code = 1

@@ -12,7 +12,12 @@ Processes and threads (PKCS#11 v2.40 §5.1, §6.6-6.7):
 - the login belongs to the application, not to a session: each process logs in
   once per token, in a session it keeps, and signs in further sessions that
   share it, one thread per session at a time (a session runs one operation at
-  a time), taken from a pool that grows with the threads that sign at once;
+  a time), taken from a pool;
+- python-pkcs11 calls C_Initialize without arguments, which tells the module
+  that no two threads call it at once (PKCS#11 v2.40 §5.4; SoftHSM2 then turns
+  its own locking off and crashes under concurrent calls).  So one lock per
+  process serialises every call into a module: threads of a worker sign one
+  after the other, the worker processes in parallel;
 - a failure drops the sessions and the login, so the next request opens them
   anew: signing recovers by itself once the token is back.  While it cannot,
   requests get 503 (:class:`~estkit.errors.ServiceUnavailable`) and the log
@@ -74,6 +79,16 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' + text if text else ''}"
 
 
+# Every call into a PKCS#11 module from this process holds this lock (see above).
+CALLS = threading.RLock()
+
+
+def _fresh_calls_lock() -> None:
+    global CALLS
+    CALLS = threading.RLock()  # a fork may copy it held by another thread of the parent
+
+
+os.register_at_fork(after_in_child=_fresh_calls_lock)
 _modules_lock = threading.Lock()
 _module_pid: dict[str, int] = {}
 _reinit_at: dict[str, float] = {}
@@ -93,7 +108,7 @@ def _module(path: str) -> Any:
                     pass
                 lib.initialize()
         except (PKCS11Error, OSError) as exc:
-            raise TokenError(f"cannot load the PKCS#11 module {path}: {_why(exc)}") from None
+            raise TokenError(f"cannot load the PKCS#11 module {path}: {_why(exc)}", retry=False) from None
         _module_pid[path] = os.getpid()
         return lib
 
@@ -124,7 +139,10 @@ def _reinitialise(path: str) -> None:
 
 def open_token(uri: Pkcs11Uri, settings: TokenSettings) -> Any:
     """The token the URI names (by label and/or serial)."""
-    lib = _module(uri.module(settings))
+    try:
+        lib = _module(uri.module(settings))
+    except TokenError as exc:
+        raise TokenError(f"{uri}: {exc}", retry=exc.retry) from None
     try:
         return lib.get_token(token_label=uri.token,
                              token_serial=uri.serial.encode() if uri.serial is not None else None)
@@ -189,6 +207,11 @@ def _find(session: Any, uri: Pkcs11Uri, object_class: ObjectClass) -> Any:
 
 def find_public_key(uri: Pkcs11Uri, settings: TokenSettings) -> CertificateIssuerPublicKeyTypes:
     """The public key beside the URI's private key (same label/id, CKO_PUBLIC_KEY)."""
+    with CALLS:
+        return _find_public_key(uri, settings)
+
+
+def _find_public_key(uri: Pkcs11Uri, settings: TokenSettings) -> CertificateIssuerPublicKeyTypes:
     token = open_token(uri, settings)
     _login(uri, settings, token)
     session = token.open()
@@ -295,22 +318,23 @@ class Pkcs11Signer:
         retry over a re-initialised module and fresh sessions: a session may have
         died with a token that is back."""
         for attempt in (1, 2):
-            try:
-                pair = self._acquire()
+            with CALLS:
                 try:
-                    sig = self._sign_once(pair[1], data, scheme)
-                except PKCS11Error as exc:
+                    pair = self._acquire()
                     try:
-                        pair[0].close()
-                    except PKCS11Error:
-                        pass
-                    raise TokenError(f"{self.uri}: signing failed: {_why(exc)}") from None
-            except TokenError as exc:
-                self._reset()
-                if attempt == 2 or not exc.retry:
-                    raise
-                _reinitialise(self.uri.module(self.settings))
-                continue
+                        sig = self._sign_once(pair[1], data, scheme)
+                    except PKCS11Error as exc:
+                        try:
+                            pair[0].close()
+                        except PKCS11Error:
+                            pass
+                        raise TokenError(f"{self.uri}: signing failed: {_why(exc)}") from None
+                except TokenError as exc:
+                    self._reset()
+                    if attempt == 2 or not exc.retry:
+                        raise
+                    _reinitialise(self.uri.module(self.settings))
+                    continue
             self._release(pair)
             return sig
         raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
 )
 
+from estkit.ca import pkcs11 as p11
 from estkit.ca.pkcs11 import TokenError, _login, _why, find_public_key, open_token
 from estkit.ca.pkcs11_uri import Pkcs11Uri, TokenSettings
 
@@ -36,6 +37,7 @@ _PUBLIC = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: Tr
 
 
 def _rw_session(uri: Pkcs11Uri, settings: TokenSettings) -> Any:
+    """A read-write session (the caller holds :data:`estkit.ca.pkcs11.CALLS`)."""
     token = open_token(uri, settings)
     _login(uri, settings, token)
     try:
@@ -46,13 +48,14 @@ def _rw_session(uri: Pkcs11Uri, settings: TokenSettings) -> Any:
 
 def key_exists(uri: Pkcs11Uri, settings: TokenSettings) -> bool:
     """Whether a private key with the URI's label/id is in the token."""
-    session = _rw_session(uri, settings)
-    try:
-        return any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                                                      **({Attribute.LABEL: uri.object} if uri.object else {}),
-                                                      **({Attribute.ID: uri.id} if uri.id else {})}))
-    finally:
-        session.close()
+    with p11.CALLS:
+        session = _rw_session(uri, settings)
+        try:
+            return any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                          **({Attribute.LABEL: uri.object} if uri.object else {}),
+                                                          **({Attribute.ID: uri.id} if uri.id else {})}))
+        finally:
+            session.close()
 
 
 def generate_in_token(uri: Pkcs11Uri, settings: TokenSettings, key_type: str) -> CertificateIssuerPublicKeyTypes:
@@ -64,6 +67,12 @@ def generate_in_token(uri: Pkcs11Uri, settings: TokenSettings, key_type: str) ->
         raise TokenError(f"{uri}: the token already holds a key with this label; use it with "
                          "--pkcs11-key-label or choose another label")
     ident = uri.id or os.urandom(8)
+    with p11.CALLS:
+        _generate(uri, settings, key_type, ident)
+    return find_public_key(uri, settings)
+
+
+def _generate(uri: Pkcs11Uri, settings: TokenSettings, key_type: str, ident: bytes) -> None:
     session = _rw_session(uri, settings)
     try:
         if key_type.startswith("ec:"):
@@ -78,7 +87,6 @@ def generate_in_token(uri: Pkcs11Uri, settings: TokenSettings, key_type: str) ->
         raise TokenError(f"{uri}: cannot generate a {key_type} key: {_why(exc)}") from None
     finally:
         session.close()
-    return find_public_key(uri, settings)
 
 
 def import_into_token(key: CertificateIssuerPrivateKeyTypes, uri: Pkcs11Uri, settings: TokenSettings) -> None:
@@ -114,11 +122,12 @@ def import_into_token(key: CertificateIssuerPrivateKeyTypes, uri: Pkcs11Uri, set
                Attribute.MODULUS: b(n.public_numbers.n), Attribute.PUBLIC_EXPONENT: b(n.public_numbers.e)}
     else:
         raise TokenError("only EC (P-256, P-384) and RSA CA keys can be imported into a token")
-    session = _rw_session(uri, settings)
-    try:
-        session.create_object({**priv, **common, **_PROTECT})
-        session.create_object({**pub, **common, **_PUBLIC})
-    except PKCS11Error as exc:
-        raise TokenError(f"{uri}: cannot import the key: {_why(exc)}") from None
-    finally:
-        session.close()
+    with p11.CALLS:
+        session = _rw_session(uri, settings)
+        try:
+            session.create_object({**priv, **common, **_PROTECT})
+            session.create_object({**pub, **common, **_PUBLIC})
+        except PKCS11Error as exc:
+            raise TokenError(f"{uri}: cannot import the key: {_why(exc)}") from None
+        finally:
+            session.close()

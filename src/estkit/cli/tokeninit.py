@@ -41,7 +41,7 @@ class TokenKeys:
                 uri = self.uri(self.existing_label)
                 signer = Pkcs11Signer(uri, self.settings)  # its public key from the token
             else:
-                uri = self.uri(KEY_LABELS[name])
+                uri = self.uri(KEY_LABELS.get(name, f"estkit-{name}-ca"))
                 signer = Pkcs11Signer(uri, self.settings, generate_in_token(uri, self.settings, key_type))
             signer.probe()
         except TokenError as exc:

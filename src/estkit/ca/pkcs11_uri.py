@@ -108,7 +108,8 @@ class Pkcs11Uri:
                                                      ("object", self.object)) if v is not None]
         if self.id is not None:
             path.append("id=" + "".join(f"%{b:02X}" for b in self.id))
-        path.append(f"type={self.type or 'private'}")
+        if self.type:
+            path.append(f"type={self.type}")
         query = [f"{n}={q(v, safe='/:')}" for n, v in (("module-path", self.module_path),
                                                         ("pin-source", self.pin_source)) if v]
         return SCHEME + ";".join(path) + ("?" + "&".join(query) if query else "")

@@ -16,6 +16,7 @@ rollover inside the token; RSA with PSS under an intermediate.
 from __future__ import annotations
 
 import base64
+import sys
 import shutil
 import sqlite3
 import time
@@ -396,3 +397,29 @@ def test_ok_threads_and_a_forked_child_sign_concurrently(srv: ServerProcess, tok
             os._exit(0 if ok else 3)
     assert os.waitpid(pid, 0)[1] == 0
     assert verify_raw(cert.public_key(), signer.scheme, signer.sign_data(b"parent"), b"parent")  # type: ignore[arg-type]
+
+
+def test_fail_a_refused_pin_is_not_tried_again(srv: ServerProcess, token: dict[str, str], tmp_path: Path) -> None:
+    """Every wrong PIN brings a token closer to locking it: a process tries a refused PIN once.
+    A new PIN in the pin-source file is tried (and here logs in)."""
+    pin = tmp_path / "pin"
+    pin.write_text("9999\n")
+    script = f"""
+import sys
+from pathlib import Path
+from estkit.ca.pkcs11 import Pkcs11Signer, TokenError
+from estkit.ca.pkcs11_uri import Pkcs11Uri, TokenSettings
+uri = Pkcs11Uri.parse("pkcs11:token={TOKEN};object=estkit-root-ca?pin-source=file:{pin}")
+for attempt in range(2):
+    try:
+        Pkcs11Signer(uri, TokenSettings(module="{MODULE}")).probe()
+    except TokenError as exc:
+        print(exc)
+Path("{pin}").write_text("{PIN}")
+Pkcs11Signer(uri, TokenSettings(module="{MODULE}")).probe()
+print("logged in")
+"""
+    out = run([sys.executable, "-c", script], env=token).stdout.decode().splitlines()
+    assert "the token refused the PIN (wrong PIN)" in out[0]
+    assert "the token refused this PIN before; not trying it again" in out[1]
+    assert out[2] == "logged in"

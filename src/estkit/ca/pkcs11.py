@@ -26,6 +26,7 @@ Processes and threads (PKCS#11 v2.40 §5.1, §6.6-6.7):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -156,6 +157,9 @@ def open_token(uri: Pkcs11Uri, settings: TokenSettings) -> Any:
 
 # The login of each token, per process: (pid, module, slot) -> the session that logged in.
 _logins: dict[tuple[int, str, int], Any] = {}
+# A PIN the token refused, by its hash, per (module, slot): not tried again, since every
+# wrong attempt brings the token closer to locking the PIN (PKCS#11 v2.40 CKF_USER_PIN_COUNT_LOW).
+_refused: dict[tuple[str, int], bytes] = {}
 _logins_lock = threading.Lock()
 
 
@@ -169,11 +173,16 @@ def _login(uri: Pkcs11Uri, settings: TokenSettings, token: Any) -> None:
             pin = uri.pin(settings)
         except PinError as exc:
             raise TokenError(str(exc), retry=False) from None
+        digest = hashlib.sha256(pin.encode()).digest()
+        if _refused.get(key[1:]) == digest:
+            raise TokenError(f"{uri}: the token refused this PIN before; not trying it again (set the right PIN "
+                             "and restart)", retry=False)
         try:
             _logins[key] = token.open(user_pin=pin)
         except UserAlreadyLoggedIn:
             _logins[key] = token.open()
         except PinIncorrect:
+            _refused[key[1:]] = digest
             raise TokenError(f"{uri}: the token refused the PIN (wrong PIN)", retry=False) from None
         except PinLocked:
             raise TokenError(f"{uri}: the token's user PIN is locked", retry=False) from None

@@ -344,6 +344,7 @@ def test_ok_token_lost_gives_503_and_signing_recovers(srv: ServerProcess, token:
         assert (status, body.strip()) == (503, "ca default: the key cannot sign")
         assert _issued_count(srv) == before  # nothing half-issued
         assert "CA key pkcs11:token=estkit;object=estkit-root-ca;type=private cannot sign" in srv.log()
+        assert "Traceback" not in srv.log()
     finally:
         shutil.move(tmp_path / "away", tok)
     ok = 0
@@ -355,6 +356,7 @@ def test_ok_token_lost_gives_503_and_signing_recovers(srv: ServerProcess, token:
         time.sleep(0.1)
     assert ok >= 4
     assert _readyz(srv)[0] == 200 or _wait_ready(srv)
+    assert "CA key pkcs11:token=estkit;object=estkit-root-ca;type=private signs again" in srv.log()
 
 
 def _wait_ready(srv: ServerProcess) -> bool:

@@ -94,6 +94,7 @@ _modules_lock = threading.Lock()
 _module_pid: dict[str, int] = {}
 _reinit_at: dict[str, float] = {}
 REINIT_INTERVAL = 1.0  # seconds between two re-initialisations of a module after failures
+LOG_EVERY = 10.0  # seconds between two log lines about a CA key that keeps failing to sign
 
 
 def _module(path: str) -> Any:
@@ -252,6 +253,8 @@ class Pkcs11Signer:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._free: list[tuple[Any, Any]] = []  # (session, private key object), this process's
+        self._failing_since: float | None = None
+        self._logged_at = 0.0
 
     def __repr__(self) -> str:
         return f"Pkcs11Signer({self.uri})"
@@ -282,11 +285,22 @@ class Pkcs11Signer:
 
     def _guard(self, fn: Callable[[], T]) -> T:
         try:
-            return fn()
+            out = fn()
         except (TokenError, ValueError) as exc:
-            log.error("CA key %s cannot sign: %s", self.uri, exc)
+            # Logged when signing first fails, then at most every LOG_EVERY seconds while it
+            # keeps failing (every request and /readyz probe would repeat it).
+            now = time.monotonic()
+            if self._failing_since is None or now - self._logged_at >= LOG_EVERY:
+                log.error("CA key %s cannot sign: %s", self.uri, exc)
+                self._logged_at = now
+            if self._failing_since is None:
+                self._failing_since = now
             raise ServiceUnavailable("the CA key (PKCS#11 token) is unavailable; try again later",
                                      retry_after=10) from None
+        if self._failing_since is not None:
+            log.warning("CA key %s signs again (after %.0f s)", self.uri, time.monotonic() - self._failing_since)
+            self._failing_since = None
+        return out
 
     def _acquire(self) -> tuple[Any, Any]:
         with self._lock:

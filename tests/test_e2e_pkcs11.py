@@ -308,7 +308,7 @@ def test_ok_import_key_then_rollover_in_the_token(token: dict[str, str], tmp_pat
          str(d / "tls/server-2.pem")])
 
 
-# -- the token goes away under a running server, and comes back (last: it disturbs the shared token) ---------
+# -- the token goes away under a running server, and comes back (the tests after it use the token again) ------
 
 
 def _issued_count(srv: ServerProcess) -> int:

@@ -30,10 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509 import ocsp
 
-__all__ = ["Scheme", "scheme_for", "sign_certificate", "sign_crl", "sign_ocsp", "verify_raw"]
+__all__ = ["BadSignature", "Scheme", "scheme_for", "sign_certificate", "sign_crl", "sign_ocsp", "verify_raw"]
 
 RawSign = Callable[[bytes, "Scheme"], bytes]
 """Signs TBS bytes with the real key under a scheme: DER ECDSA-Sig-Value for EC, the RSA signature for RSA."""
+
+
+class BadSignature(ValueError):
+    """The outside signer's signature does not verify with the CA's public key."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def verify_raw(public_key: CertificateIssuerPublicKeyTypes, scheme: Scheme, sign
 def _checked(public_key: CertificateIssuerPublicKeyTypes, scheme: Scheme, signature: bytes, tbs: bytes) -> None:
     if not verify_raw(public_key, scheme, signature, tbs):
         # The token signed with another key or returned garbage: refuse rather than issue it.
-        raise ValueError("the token's signature does not verify with the CA certificate's public key")
+        raise BadSignature("the token's signature does not verify with the CA certificate's public key")
 
 
 def sign_certificate(builder: x509.CertificateBuilder, public_key: CertificateIssuerPublicKeyTypes,

@@ -269,6 +269,8 @@ class Pkcs11Signer:
         return self._guard(lambda: external.sign_crl(builder, self._public, self.scheme, self._raw))
 
     def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        # ``responder`` is this key's certificate (ocsp_signer = "ca"): the response names
+        # it by this key's hash, which external.sign_ocsp computes from the public key.
         return self._guard(lambda: external.sign_ocsp(builder, self._public, self.scheme, self._raw))
 
     def sign_data(self, data: bytes) -> bytes:
@@ -286,7 +288,7 @@ class Pkcs11Signer:
     def _guard(self, fn: Callable[[], T]) -> T:
         try:
             out = fn()
-        except (TokenError, ValueError) as exc:
+        except (TokenError, external.BadSignature) as exc:
             # Logged when signing first fails, then at most every LOG_EVERY seconds while it
             # keeps failing (every request and /readyz probe would repeat it).
             now = time.monotonic()

@@ -6,9 +6,10 @@ made by the token.  Certificates, CRLs and OCSP responses are assembled around
 the token's signature by :mod:`estkit.ca.external`.
 
 Processes and threads (PKCS#11 v2.40 §5.1, §6.6-6.7):
-- the module is initialised once per process; a worker forked from the parent
-  initialises its own copy (C_Initialize in the child, as the spec asks) and
-  never uses the parent's sessions;
+- the module is initialised once per process; a process finalises its modules
+  right before it forks (``estkit serve`` starting its workers), so no module
+  state crosses a fork, and each worker initialises its own (C_Initialize in
+  the child, as the spec asks);
 - the login belongs to the application, not to a session: each process logs in
   once per token, in a session it keeps, and signs in further sessions that
   share it, one thread per session at a time (a session runs one operation at
@@ -89,9 +90,32 @@ def _fresh_calls_lock() -> None:
     CALLS = threading.RLock()  # a fork may copy it held by another thread of the parent
 
 
-os.register_at_fork(after_in_child=_fresh_calls_lock)
+def _before_fork() -> None:
+    """Finalise every module this process initialised before it forks (``estkit serve``
+    forking its workers), so that no module state, session or login crosses the fork:
+    the child initialises its own (PKCS#11 v2.40 §6.7.7), and neither process finalises
+    state the other still uses (a network HSM client's connection, say).  Each
+    initialises again on its next use."""
+    global _generation
+    with CALLS, _modules_lock:
+        for path, lib in _libs.items():
+            if _module_pid.get(path) == os.getpid() and lib.initialized:
+                try:
+                    lib.finalize()
+                except PKCS11Error:
+                    pass
+        with _logins_lock:
+            for key in [k for k in _logins if k[0] == os.getpid()]:
+                del _logins[key]
+        _generation += 1
+
+
 _modules_lock = threading.Lock()
 _module_pid: dict[str, int] = {}
+_libs: dict[str, Any] = {}
+# Bumped whenever this process finalises its modules: sessions opened before are gone.
+_generation = 0
+os.register_at_fork(before=_before_fork, after_in_child=_fresh_calls_lock)
 _reinit_at: dict[str, float] = {}
 REINIT_INTERVAL = 1.0  # seconds between two re-initialisations of a module after failures
 LOG_EVERY = 10.0  # seconds between two log lines about a CA key that keeps failing to sign
@@ -102,16 +126,17 @@ def _module(path: str) -> Any:
     PKCS#11 v2.40 §6.7.7, a child must call C_Initialize before using it)."""
     with _modules_lock:
         try:
-            lib = pkcs11.lib(path)  # python-pkcs11 loads each path once and calls C_Initialize
-            if _module_pid.get(path, os.getpid()) != os.getpid():
+            old = _libs.get(path)
+            if old is not None and _module_pid.get(path) != os.getpid() and old.initialized:
                 try:
-                    lib.finalize()  # the parent's state, copied by fork: not ours
+                    old.finalize()  # forked with the parent's state copied (no fork hook ran): not ours
                 except PKCS11Error:
                     pass
-                lib.initialize()
+            lib = pkcs11.lib(path)  # loaded once per path; C_Initialize when not initialised
         except (PKCS11Error, OSError) as exc:
             raise TokenError(f"cannot load the PKCS#11 module {path}: {_why(exc)}", retry=False) from None
         _module_pid[path] = os.getpid()
+        _libs[path] = lib
         return lib
 
 
@@ -120,11 +145,13 @@ def _reinitialise(path: str) -> None:
     modules (SoftHSM2 among them) list their slots and tokens at C_Initialize, so a
     token that was removed and is back is seen only after it.  Every session and
     login of this process on the module ends with it."""
+    global _generation
     now = time.monotonic()
     with _modules_lock:
         if now - _reinit_at.get(path, -REINIT_INTERVAL) < REINIT_INTERVAL:
             return
         _reinit_at[path] = now
+        _generation += 1
         with _logins_lock:
             for key in [k for k in _logins if k[1] == path]:
                 del _logins[key]  # gone with C_Finalize
@@ -252,6 +279,7 @@ class Pkcs11Signer:
         self.scheme = external.scheme_for(self._public, pss=pss)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._generation = _generation
         self._free: list[tuple[Any, Any]] = []  # (session, private key object), this process's
         self._failing_since: float | None = None
         self._logged_at = 0.0
@@ -306,8 +334,9 @@ class Pkcs11Signer:
 
     def _acquire(self) -> tuple[Any, Any]:
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's sessions are not this process's
-                self._pid, self._free = os.getpid(), []
+            if (self._pid, self._generation) != (os.getpid(), _generation):
+                # forked, or the module was finalised since: those sessions are gone
+                self._pid, self._generation, self._free = os.getpid(), _generation, []
             if self._free:
                 return self._free.pop()
         token = open_token(self.uri, self.settings)
@@ -324,7 +353,7 @@ class Pkcs11Signer:
 
     def _release(self, pair: tuple[Any, Any]) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if (self._pid, self._generation) == (os.getpid(), _generation):
                 self._free.append(pair)
 
     def _reset(self) -> None:

@@ -170,7 +170,7 @@ def test_ok_estclient_enroll_reenroll_serverkeygen(srv: ServerProcess, tmp_path:
     assert_pair(srv, tmp_path / "kg.pem", tmp_path / "kg.key")
 
 
-def test_ok_fullcmc_then_revoke_crl_and_ocsp(srv: ServerProcess, tmp_path: Path) -> None:
+def test_ok_fullcmc_then_revoke_crl_and_ocsp(srv: ServerProcess, token: dict[str, str], tmp_path: Path) -> None:
     cli(srv, "fullcmc", "enroll", "--cn", "hsm-cmc", "--secret-env", "CMC_SECRET", "--identification", IDENT,
         "--key-out", str(tmp_path / "m.key"), "--cert-out", str(tmp_path / "m.pem"), env={"CMC_SECRET": SECRET})
     assert_pair(srv, tmp_path / "m.pem", tmp_path / "m.key")
@@ -193,6 +193,11 @@ def test_ok_fullcmc_then_revoke_crl_and_ocsp(srv: ServerProcess, tmp_path: Path)
     bad = run(["openssl", "verify", "-crl_check", "-CAfile", str(srv.ca_pem), "-CRLfile", str(tmp_path / "crl.pem"),
                str(tmp_path / "m.pem")], check=False)
     assert bad.returncode != 0 and b"certificate revoked" in bad.stdout + bad.stderr
+    # The CLI signs with the token too (its own process, its own login).
+    estkit("crl", "update", "--dir", str(srv.dir), env=token)
+    estkit("crl", "export", "--dir", str(srv.dir), "--pem", "--out", str(tmp_path / "cli.crl"), env=token)
+    checked = run(["openssl", "crl", "-in", str(tmp_path / "cli.crl"), "-CAfile", str(srv.ca_pem), "-noout"])
+    assert b"verify OK" in checked.stdout + checked.stderr
     ocsp_url = "http://" + srv.config()["server"]["ocsp_listen"] + "/ocsp"
     resp = run(["openssl", "ocsp", "-issuer", str(srv.ca_pem), "-cert", str(tmp_path / "m.pem"), "-url", ocsp_url,
                 "-CAfile", str(srv.ca_pem)])

@@ -26,16 +26,39 @@ from cryptography.x509.oid import NameOID
 
 __all__ = ["KEY_TYPES", "make_dir", "write_csrs", "prefill", "count_rows", "BENCH_USER", "BENCH_PASSWORD"]
 
-KEY_TYPES = {"p256": "ec:P-256", "rsa2048": "rsa:2048"}
+KEY_TYPES = {"p256": "ec:P-256", "rsa2048": "rsa:2048", "softhsm-p256": "ec:P-256", "softhsm-rsa2048": "rsa:2048"}
+# CA key types whose key is in a SoftHSM2 token (issue 15) rather than in a file.
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+SOFTHSM_PIN = "bench-pin-not-secret"
 BENCH_USER = "bench"
 BENCH_PASSWORD = "bench-password-not-secret"
 ESTKIT = str(Path(sys.executable).parent / "estkit")
 
 
+def softhsm_token(work: Path, label: str) -> None:
+    """A fresh SoftHSM2 token ``label`` under ``work`` (its config and PIN exported to this
+    process's environment, which ``estkit init`` and ``estkit serve`` inherit)."""
+    conf = work / "softhsm2.conf"
+    if not conf.exists():
+        (work / "tokens").mkdir(parents=True, exist_ok=True)
+        conf.write_text(f"directories.tokendir = {work / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ["ESTKIT_PKCS11_PIN"] = SOFTHSM_PIN
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", SOFTHSM_PIN,
+                    "--so-pin", SOFTHSM_PIN + "-so"], check=True, capture_output=True)
+
+
 def make_dir(directory: Path, key: str, *, workers: int, access_log: bool = True) -> Path:
-    """``estkit init`` with the CA key type, one Basic user; returns the directory."""
-    subprocess.run([ESTKIT, "init", "--dir", str(directory), "--key-type", KEY_TYPES[key]], check=True,
-                   capture_output=True)
+    """``estkit init`` with the CA key type, one Basic user; returns the directory.
+    ``softhsm-*`` keys are generated in a SoftHSM2 token of their own."""
+    token: list[str] = []
+    if key.startswith("softhsm-"):
+        softhsm_token(directory.parent / "softhsm", directory.name)
+        token = ["--pkcs11-module", SOFTHSM_MODULE, "--pkcs11-token", directory.name]
+    done = subprocess.run([ESTKIT, "init", "--dir", str(directory), "--key-type", KEY_TYPES[key], *token],
+                          capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"estkit init ({key}) failed: {done.stderr.decode().strip()}")
     subprocess.run([ESTKIT, "user", "add", BENCH_USER, "--dir", str(directory), "--password-stdin"],
                    input=(BENCH_PASSWORD + "\n").encode(), check=True, capture_output=True)
     cfg = directory / "config.toml"

@@ -53,6 +53,15 @@ def test_ok_init_config_loads(base_dir: Path) -> None:
                  "server.auth_user_failures_per_minute", id="fail/user-failures-not-int"),
     pytest.param(lambda d: d["server"].update(auth_max_parallel=-2), "server.auth_max_parallel",
                  id="fail/negative-max-parallel"),
+    pytest.param(lambda d: d["cas"]["default"].update(key="pkcs11:token=t;object=k?pin-value=1234"),
+                 "'cas.default.key': PKCS#11 URI: pin-value is refused", id="fail/pkcs11-pin-in-uri"),
+    pytest.param(lambda d: d["cas"]["default"].update(key="pkcs11:object=k"), "'cas.default.key': PKCS#11 URI: "
+                 "name the token", id="fail/pkcs11-uri-without-token"),
+    pytest.param(lambda d: d.update(pkcs11={"module": "/x.so", "pin": "1234"}),
+                 "'pkcs11': the PIN never goes into the configuration", id="fail/pkcs11-pin-in-config"),
+    pytest.param(lambda d: d.update(pkcs11={"modul": "/x.so"}), "pkcs11.modul", id="fail/pkcs11-unknown-key"),
+    pytest.param(lambda d: d["cas"]["default"].update(rsa_pss="yes"), "cas.default.rsa_pss",
+                 id="fail/rsa-pss-not-bool"),
 ])
 def test_config_errors_name_the_key(base_dir: Path, tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     doc = read_config(base_dir)

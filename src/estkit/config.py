@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from estkit.ca.pkcs11_uri import DEFAULT_PIN_ENV, Pkcs11Uri, TokenSettings, is_pkcs11_uri
 from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.profile import DIGEST_ALGORITHMS, EKU_NAMES, KEY_USAGE_NAMES, Profile
 from estkit.protocol.constants import OPERATIONS
@@ -89,6 +90,8 @@ class CaConfig:
     key: str
     chain: tuple[str, ...] = ()
     key_passphrase_env: str = ""
+    # RSA CA keys: sign certificates and CRLs with RSASSA-PSS (RFC 4055) instead of PKCS#1 v1.5.
+    rsa_pss: bool = False
     # Served by /cacerts besides the chain: after a root key rollover the old
     # root and the OldWithNew / NewWithOld link certificates (RFC 7030 §4.1.3).
     extra_certs: tuple[str, ...] = ()
@@ -105,6 +108,8 @@ class Config:
     labels: dict[str, Profile]
     # [policies.NAME] tables in file order: the first whose selectors match applies (estkit.ca.authz).
     policies: tuple[Policy, ...] = ()
+    # [pkcs11]: the module for CA keys named by PKCS#11 URIs, and the PIN's environment variable.
+    pkcs11: TokenSettings = TokenSettings()
 
     def path(self, p: str) -> Path:
         """A configured path, resolved against DIR."""
@@ -163,8 +168,8 @@ def load_config(directory: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for key in doc:
-        if key not in ("server", "store", "cas", "labels", "policies"):
-            raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels, policies)")
+        if key not in ("server", "store", "cas", "labels", "policies", "pkcs11"):
+            raise ConfigError(f"unknown table '{key}' (known: server, store, cas, labels, policies, pkcs11)")
 
     server = ServerConfig(**_check("server", _table(doc, "server"), ServerConfig))
     if server.max_body_bytes <= 0 or server.workers < 0 or server.body_timeout_seconds <= 0:
@@ -217,8 +222,21 @@ def load_config(directory: Path) -> Config:
             if req not in vals:
                 raise ConfigError(f"'cas.{name}.{req}' is required")
         cas[name] = CaConfig(name=name, **vals)
+        if is_pkcs11_uri(cas[name].key):
+            try:
+                Pkcs11Uri.parse(cas[name].key)
+            except ValueError as exc:
+                raise ConfigError(f"'cas.{name}.key': {exc}") from None
     if not cas:
         raise ConfigError("no CA configured: add a [cas.NAME] table")
+
+    if any(k in _table(doc, "pkcs11") for k in ("pin", "pin_value", "user_pin")):
+        raise ConfigError(f"'pkcs11': the PIN never goes into the configuration; set {DEFAULT_PIN_ENV} "
+                          "(or the variable pkcs11.pin_env names), or use pin-source=file:... in the key's URI")
+    pkcs11 = TokenSettings(**_check("pkcs11", _table(doc, "pkcs11"), TokenSettings))
+    if not pkcs11.pin_env:
+        raise ConfigError(f"'pkcs11.pin_env' must name an environment variable (default {DEFAULT_PIN_ENV}); "
+                          "the PIN itself never goes into the configuration")
 
     labels: dict[str, Profile] = {}
     for name, raw in _table(doc, "labels").items():
@@ -241,7 +259,8 @@ def load_config(directory: Path) -> Config:
             if lab not in labels:
                 raise ConfigError(f"'policies.{name}.labels' names unknown label {lab!r}")
         policies.append(pol)
-    return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels, policies=tuple(policies))
+    return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels, policies=tuple(policies),
+                  pkcs11=pkcs11)
 
 
 def _profile(name: str, raw: dict[str, Any], cas: dict[str, CaConfig]) -> Profile:

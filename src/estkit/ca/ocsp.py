@@ -166,15 +166,14 @@ class OcspResponder:
              .add_response_by_hash(issuer_name_hash=req.name_hash, issuer_key_hash=req.key_hash,
                                    serial_number=req.serial, algorithm=req.algorithm, cert_status=cert_status,
                                    this_update=now, next_update=now + self.next_update,
-                                   revocation_time=revoked_at, revocation_reason=reason)
-             .responder_id(ocsp.OCSPResponderEncoding.HASH, key.cert))
+                                   revocation_time=revoked_at, revocation_reason=reason))
         if key.delegated:
             # RFC 6960 §4.2.2.2: the client needs the delegated certificate to check the signature.
             b = b.certificates([key.cert])
         if req.nonce is not None and 0 < len(req.nonce) <= MAX_NONCE:
             # RFC 8954 §2.1 / RFC 6960 §4.4.1: echo the request's nonce.
             b = b.add_extension(x509.OCSPNonce(req.nonce), critical=False)
-        return key.signer.sign_ocsp(b).public_bytes(serialization.Encoding.DER)
+        return key.signer.sign_ocsp(b, key.cert).public_bytes(serialization.Encoding.DER)
 
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:

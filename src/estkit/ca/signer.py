@@ -31,8 +31,11 @@ class Signer(Protocol):
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         """Sign a finished CRL builder."""
 
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
-        """Sign a finished OCSP response builder (RFC 6960 §4.2.1 BasicOCSPResponse)."""
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        """Sign an OCSP response builder as ``responder`` (whose key this is), naming it
+        by key hash (RFC 6960 §4.2.1 BasicOCSPResponse, ResponderID byKey).  The builder
+        has no responder ID yet: cryptography refuses a builder whose responder
+        certificate is not the signing key's, and a token signer signs through a stand-in."""
 
     def sign_data(self, data: bytes) -> bytes:
         """A raw signature over ``data`` with the key's natural hash (:func:`hash_for`):
@@ -58,21 +61,25 @@ def hash_for(key: CertificateIssuerPrivateKeyTypes | CertificateIssuerPublicKeyT
 class KeySigner:
     """A signer over an in-memory private key (loaded once from a file)."""
 
-    def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes, *, pss: bool = False) -> None:
         self._key = key
         self._hash = hash_for(key)
+        # RSASSA-PSS for certificates and CRLs (RFC 4055 §3.1: MGF1 with the same hash,
+        # salt as long as the hash); CMS and OCSP stay PKCS#1 v1.5.
+        self._padding = (padding.PSS(padding.MGF1(self._hash or hashes.SHA256()), (self._hash or hashes.SHA256()).digest_size)
+                         if pss and isinstance(key, rsa.RSAPrivateKey) else None)
 
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
         return self._key.public_key()
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+        return builder.sign(self._key, self._hash, rsa_padding=self._padding)  # type: ignore[arg-type]
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
-        return builder.sign(self._key, self._hash)  # type: ignore[arg-type]
+        return builder.sign(self._key, self._hash, rsa_padding=self._padding)  # type: ignore[arg-type]
 
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
-        return builder.sign(self._key, self._hash)
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder).sign(self._key, self._hash)
 
     def sign_data(self, data: bytes) -> bytes:
         key = self._key
@@ -83,7 +90,7 @@ class KeySigner:
         return key.sign(data)  # type: ignore[call-arg]
 
 
-def load_signer(path: Path, passphrase: bytes | None = None) -> KeySigner:
+def load_signer(path: Path, passphrase: bytes | None = None, *, pss: bool = False) -> KeySigner:
     """Load a PEM private key file (optionally encrypted) into a signer."""
     data = path.read_bytes()
     try:
@@ -95,7 +102,7 @@ def load_signer(path: Path, passphrase: bytes | None = None) -> KeySigner:
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
                             ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         raise ValueError(f"{path}: unsupported CA key type")
-    return KeySigner(key)
+    return KeySigner(key, pss=pss)
 
 
 def write_private_key(path: Path, key: CertificateIssuerPrivateKeyTypes,

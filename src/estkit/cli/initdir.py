@@ -13,13 +13,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.create import ca_name, make_ca_certificate, make_tls_certificate
 from estkit.ca.server_cert import record_own_certificate
-from estkit.ca.signer import KeySigner, write_private_key
+from estkit.ca.signer import KeySigner, Signer, write_private_key
+from estkit.cli.tokeninit import TokenKeys
 from estkit.cli.perms import PUBLIC_MODE
 from estkit.config import CONFIG_NAME
 from estkit.protocol.keys import generate_key
 from estkit.store import open_store
 
-__all__ = ["init_dir", "InitError", "public_listen"]
+__all__ = ["TokenKeys", "init_dir", "InitError", "public_listen"]
 
 
 class InitError(Exception):
@@ -73,7 +74,13 @@ extended_key_usage = ["clientAuth"]
 honour_san = true
 allowed_key_types = ["ec:P-256", "ec:P-384", "rsa:2048", "rsa:3072", "rsa:4096", "ed25519"]
 require_linking = false
-{crl_url}{ocsp_url}"""
+{crl_url}{ocsp_url}{pkcs11}"""
+
+PKCS11_TEMPLATE = """
+[pkcs11]
+module = "{module}"   # the PKCS#11 module of keys named by pkcs11: URIs
+pin_env = "{pin_env}"   # the token PIN comes from this environment variable, never from this file
+"""
 
 
 def public_listen(url: str) -> tuple[str, str]:
@@ -102,11 +109,13 @@ def public_listen(url: str) -> tuple[str, str]:
 def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool = False,
              hostnames: Sequence[str] = (), common_name: str = "estkit Root CA",
              passphrase_env: str = "", listen: str = "127.0.0.1:8443", crl_listen: str = "",
-             public_url: str = "", metrics_listen: str = "") -> list[Path]:
+             public_url: str = "", metrics_listen: str = "", token: TokenKeys | None = None) -> list[Path]:
     """Create everything ``estkit serve`` needs in ``directory``; refuses to
     touch an existing CA.  Returns the files written.  With ``public_url``
     (http://HOST[:PORT]) the CRL listener and the OCSP responder are turned on
-    there (one listener), and issued certificates, the TLS server's included, point to them."""
+    there (one listener), and issued certificates, the TLS server's included, point to them.
+    With ``token`` the CA keys are in a PKCS#11 token (generated there, or an existing one)
+    and config.toml names them by URI: no CA key is ever written to ``directory``."""
     ocsp_listen = crl_base = ""
     if public_url:
         crl_base, derived = public_listen(public_url)
@@ -118,6 +127,10 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     if (directory / "ca").exists() or (directory / CONFIG_NAME).exists():
         raise InitError(f"{directory} already holds a CA; refusing to overwrite it")
     passphrase = None
+    if token is not None and passphrase_env:
+        raise InitError("--passphrase-env protects key files; a token's keys are protected by its PIN")
+    if token is not None:
+        token.check(key_type, intermediate)
     if passphrase_env:
         value = os.environ.get(passphrase_env)
         if not value:
@@ -126,25 +139,31 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    root_key = generate_key(key_type)
-    root_signer = KeySigner(root_key)
-    root = make_ca_certificate(ca_name(common_name), root_key.public_key(), root_signer,
+    def new_key(name: str) -> tuple[Signer, str]:
+        """A CA key: in the token, or a new key file under ca/; (its signer, its config value)."""
+        if token is not None:
+            return token.key(name, key_type)
+        key = generate_key(key_type)
+        write_private_key(directory / f"ca/{name}.key", key, passphrase)
+        written.append(directory / f"ca/{name}.key")
+        return KeySigner(key), f"ca/{name}.key"
+
+    root_signer, ca_key = new_key("root")
+    root = make_ca_certificate(ca_name(common_name), root_signer.public_key(), root_signer,
                                path_length=1)  # room for an intermediate or a rollover link certificate
-    write_private_key(directory / "ca/root.key", root_key, passphrase)
     _write(directory / "ca/root.pem", _pem(root))
-    written += [directory / "ca/root.key", directory / "ca/root.pem"]
+    written += [directory / "ca/root.pem"]
     issuer, issuer_signer = root, root_signer
-    ca_cert, ca_key, chain = "ca/root.pem", "ca/root.key", ""
+    ca_cert, chain = "ca/root.pem", ""
     if intermediate:
-        sub_key = generate_key(key_type)
+        sub_signer, ca_key = new_key("issuing")
         sub = make_ca_certificate(ca_name(common_name.replace("Root", "Issuing")
                                           if "Root" in common_name else common_name + " Issuing"),
-                                  sub_key.public_key(), root_signer, issuer=root, path_length=0)
-        write_private_key(directory / "ca/issuing.key", sub_key, passphrase)
+                                  sub_signer.public_key(), root_signer, issuer=root, path_length=0)
         _write(directory / "ca/issuing.pem", _pem(sub))
-        written += [directory / "ca/issuing.key", directory / "ca/issuing.pem"]
-        issuer, issuer_signer = sub, KeySigner(sub_key)
-        ca_cert, ca_key, chain = "ca/issuing.pem", "ca/issuing.key", '"ca/root.pem"'
+        written += [directory / "ca/issuing.pem"]
+        issuer, issuer_signer = sub, sub_signer
+        ca_cert, chain = "ca/issuing.pem", '"ca/root.pem"'
 
     names = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hostnames]))
     tls_key = generate_key("ec:P-256")
@@ -161,7 +180,9 @@ def init_dir(directory: Path, *, key_type: str = "ec:P-256", intermediate: bool 
         crl_listen=crl_listen, ocsp_listen=ocsp_listen, metrics_listen=metrics_listen,
         crl_comment="               # plain-HTTP CRL listener (HOST:PORT, empty: off)",
         crl_url=(f'crl_url = "{crl_url}"   # CRL Distribution Point of issued certs\n' if crl_url else ""),
-        ocsp_url=(f'ocsp_url = "{ocsp_url}"   # OCSP responder in issued certs (AIA)\n' if ocsp_url else "")
+        ocsp_url=(f'ocsp_url = "{ocsp_url}"   # OCSP responder in issued certs (AIA)\n' if ocsp_url else ""),
+        pkcs11=(PKCS11_TEMPLATE.format(module=token.settings.module, pin_env=token.settings.pin_env)
+                if token is not None else "")
     ).encode())
     written.append(directory / CONFIG_NAME)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 
 import click
 
+from estkit.ca.pkcs11_uri import DEFAULT_PIN_ENV, TokenSettings
 from estkit.ca.passwords import generate_password, hash_password
 from estkit.ca.ports import StoreError, UserRecord
 from estkit.cli.common import DirOption, config_for
@@ -51,11 +53,25 @@ def cli() -> None:
                    "OCSP responder there and puts their URLs into issued certificates.")
 @click.option("--metrics-listen", default="", metavar="HOST:PORT",
               help="Serve Prometheus metrics over plain HTTP here (GET /metrics); off by default.")
+@click.option("--pkcs11-module", default="", metavar="PATH",
+              help="Keep the CA keys in a PKCS#11 token of this module (e.g. /usr/lib/softhsm/libsofthsm2.so).")
+@click.option("--pkcs11-token", default="", metavar="LABEL", help="The token's label (with --pkcs11-module).")
+@click.option("--pkcs11-key-label", default="", metavar="LABEL",
+              help="Use this existing key of the token as the root CA key instead of generating one.")
+@click.option("--pkcs11-pin-env", default=DEFAULT_PIN_ENV, show_default=True, metavar="VAR",
+              help="Environment variable holding the token's user PIN.")
 def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tuple[str, ...], ca_name: str,
-         passphrase_env: str, listen: str, crl_listen: str, public_url: str, metrics_listen: str) -> None:
+         passphrase_env: str, listen: str, crl_listen: str, public_url: str, metrics_listen: str,
+         pkcs11_module: str, pkcs11_token: str, pkcs11_key_label: str, pkcs11_pin_env: str) -> None:
     """Create a new CA, TLS certificate and config in DIR."""
-    from estkit.cli.initdir import InitError, init_dir
+    from estkit.cli.initdir import InitError, TokenKeys, init_dir
     d = resolve_dir(directory)
+    token = None
+    if pkcs11_module or pkcs11_token or pkcs11_key_label:
+        if not (pkcs11_module and pkcs11_token):
+            raise click.ClickException("--pkcs11-module and --pkcs11-token go together")
+        token = TokenKeys(TokenSettings(module=pkcs11_module, pin_env=pkcs11_pin_env), pkcs11_token,
+                          pkcs11_key_label)
     try:
         kt = check_key_type_name(key_type)
         split_listen(listen, "--listen")
@@ -65,7 +81,7 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
             split_listen(metrics_listen, "--metrics-listen")
         init_dir(d, key_type=kt, intermediate=intermediate, hostnames=hostnames, common_name=ca_name,
                  passphrase_env=passphrase_env, listen=listen, crl_listen=crl_listen,
-                 public_url=public_url, metrics_listen=metrics_listen)
+                 public_url=public_url, metrics_listen=metrics_listen, token=token)
     except (InitError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     from estkit.cli.perms import secure_dir
@@ -81,11 +97,15 @@ def init(directory: str | None, key_type: str, intermediate: bool, hostnames: tu
 @click.option("--coap-listen", default=None, metavar="HOST:PORT",
               help="Also serve EST-coaps (RFC 9148, CoAP over DTLS) on this UDP address (default: server.coap_listen).")
 @click.option("--verbose", is_flag=True)
+@click.option("--pkcs11-pin-env", default=None, metavar="VAR",
+              help="Environment variable holding the PKCS#11 token PIN (default: pkcs11.pin_env of the config).")
 def serve(directory: str | None, listen: str | None, workers: int | None, coap_listen: str | None,
-          verbose: bool) -> None:
+          verbose: bool, pkcs11_pin_env: str | None) -> None:
     """Serve EST over HTTPS (and EST-coaps when asked) until SIGTERM or SIGINT."""
     _setup_logging(verbose)
     cfg = config_for(directory)
+    if pkcs11_pin_env:
+        cfg = dataclasses.replace(cfg, pkcs11=dataclasses.replace(cfg.pkcs11, pin_env=pkcs11_pin_env))
     from estkit.cli.serving import run_server
     try:
         code = run_server(cfg, listen=listen, workers=workers, coap_listen=coap_listen)

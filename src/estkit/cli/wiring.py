@@ -16,7 +16,8 @@ from estkit.ca.ocsp import OcspResponder
 from estkit.ca.ocsp_signer import ResponderKeys
 from estkit.ca.passwords import VerifyCache
 from estkit.ca.revocation import Revocation
-from estkit.ca.signer import load_signer
+from estkit.ca.pkcs11_uri import Pkcs11Uri, is_pkcs11_uri
+from estkit.ca.signer import Signer, load_signer
 from estkit.config import CaConfig, Config, ConfigError
 from estkit.server.app import EstServer
 from estkit.server.health import Readiness
@@ -24,7 +25,7 @@ from estkit.server.handlers import register_core
 from estkit.server.throttle import FailureThrottle, Rule
 from estkit.store import SqlStore, open_store
 
-__all__ = ["load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
+__all__ = ["ca_signer", "load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
            "build_revocation", "load_cmc_secrets", "password_verifier", "build_ocsp"]
 
 log = logging.getLogger("estkit")
@@ -62,6 +63,28 @@ def password_verifier(config: Config, workers: int = 1) -> VerifyCache:
     return VerifyCache(max_parallel=n)
 
 
+def ca_signer(config: Config, cc: CaConfig, cert: x509.Certificate) -> Signer:
+    """The signer of ``[cas.NAME]``: its key file, or the token object its PKCS#11 URI
+    names (logged in and probed now, so that a wrong PIN or a missing key stops here
+    with one line naming the URI).  Checked against the CA certificate either way."""
+    if is_pkcs11_uri(cc.key):
+        from estkit.ca.pkcs11 import Pkcs11Signer, TokenError
+        try:
+            token_signer = Pkcs11Signer(Pkcs11Uri.parse(cc.key), config.pkcs11, cert.public_key(),  # type: ignore[arg-type]
+                                        pss=cc.rsa_pss)
+            token_signer.probe()
+        except (TokenError, ValueError) as exc:
+            raise ConfigError(f"'cas.{cc.name}.key': {exc}") from None
+        return token_signer
+    try:
+        signer = load_signer(config.path(cc.key), passphrase_for(cc), pss=cc.rsa_pss)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"'cas.{cc.name}.key': {exc}") from None
+    if signer.public_key() != cert.public_key():
+        raise ConfigError(f"'cas.{cc.name}': the key does not match the certificate {cc.cert}")
+    return signer
+
+
 def build_authority(config: Config, store: SqlStore | None = None, *, workers: int = 1) -> CertificateAuthority:
     """The CA with every configured issuing CA and label (``workers``: how many
     server processes will share the machine's cores)."""
@@ -69,12 +92,7 @@ def build_authority(config: Config, store: SqlStore | None = None, *, workers: i
     for name, cc in config.cas.items():
         certs = load_pem_certs(config.path(cc.cert))
         chain = [c for p in cc.chain for c in load_pem_certs(config.path(p))]
-        try:
-            signer = load_signer(config.path(cc.key), passphrase_for(cc))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"'cas.{name}.key': {exc}") from None
-        if signer.public_key() != certs[0].public_key():
-            raise ConfigError(f"'cas.{name}': the key does not match the certificate {cc.cert}")
+        signer = ca_signer(config, cc, certs[0])
         extra = [c for p in cc.extra_certs for c in load_pem_certs(config.path(p))]
         cas[name] = IssuingCA(name=name, cert=certs[0], signer=signer, chain=tuple(certs[1:] + chain),
                               extra=tuple(extra))

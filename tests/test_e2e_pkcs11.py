@@ -431,3 +431,38 @@ print("logged in")
     assert "the token refused the PIN (wrong PIN)" in out[0]
     assert "the token refused this PIN before; not trying it again" in out[1]
     assert out[2] == "logged in"
+
+
+# -- the server's own TLS certificate is renewed through the token --------------------------------------------
+
+
+def test_ok_tls_certificate_renewal_signs_with_the_token(srv: ServerProcess, token: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS renewal (estkit.ca.server_cert) signs through the CA's signer: with a
+    PKCS#11 CA, the token; the data directory still holds no CA private key."""
+    import datetime as dt
+
+    from estkit.ca.server_cert import ServerCertificate
+    from estkit.cli.common import config_for
+    from estkit.cli.wiring import build_authority, build_store
+    for k, v in token.items():
+        monkeypatch.setenv(k, v)
+    cfg = config_for(str(srv.dir))
+    ca = build_authority(cfg, build_store(cfg))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=810)  # 15 days before the TLS certificate expires
+    tls = ServerCertificate(ca, cfg.path(cfg.server.tls_cert), cfg.path(cfg.server.tls_key),
+                            renew_before=dt.timedelta(days=30), clock=lambda: later)
+    old = tls.current
+    saved = {p: p.read_bytes() for p in (tls.cert_path, tls.key_path)}
+    tls.refresh()
+    new = x509.load_pem_x509_certificates(cfg.path(cfg.server.tls_cert).read_bytes())[0]
+    for p, data in saved.items():  # the shared server keeps serving a certificate valid today
+        p.write_bytes(data)
+    assert new.serial_number != old.serial_number
+    root = x509.load_pem_x509_certificate((srv.dir / "ca/root.pem").read_bytes())
+    new.verify_directly_issued_by(root)  # signed by the key in the token
+    run(["openssl", "verify", "-attime", str(int(later.timestamp())), "-CAfile", str(srv.ca_pem),
+         str(cfg.path(cfg.server.tls_cert))])  # valid from the (fake) clock's now
+    for f in srv.dir.rglob("*"):
+        if f.is_file() and f != cfg.path(cfg.server.tls_key) and b"PRIVATE KEY" in f.read_bytes():
+            pytest.fail(f"{f} holds a private key")

@@ -54,10 +54,11 @@ def make_ca_certificate(subject: x509.Name, public_key: CertificateIssuerPublicK
 
 def make_tls_certificate(key: CertificateIssuerPrivateKeyTypes, issuer: x509.Certificate, signer: Signer,
                          hostnames: Sequence[str], *, days: int = 825, crl_url: str | None = None,
-                         ocsp_url: str | None = None) -> x509.Certificate:
+                         ocsp_url: str | None = None, now: datetime | None = None) -> x509.Certificate:
     """The EST server's TLS certificate: serverAuth, names as DNS or IP SANs,
-    and where its revocation status is published when given (RFC 5280 §4.2.1.13, §4.2.2.1)."""
-    now = datetime.now(UTC)
+    and where its revocation status is published when given (RFC 5280 §4.2.1.13, §4.2.2.1);
+    valid from ``now`` (default: the clock's now)."""
+    now = now or datetime.now(UTC)
     sans: list[x509.GeneralName] = []
     for h in hostnames:
         try:

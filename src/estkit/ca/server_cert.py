@@ -175,7 +175,7 @@ class ServerCertificate:
         crl_url, ocsp_url = _urls(old)
         key = generate_key(key_type_of(old.public_key()))
         cert = make_tls_certificate(key, issuing.cert, issuing.signer, names, days=TLS_LIFETIME_DAYS,
-                                    crl_url=crl_url, ocsp_url=ocsp_url)
+                                    crl_url=crl_url, ocsp_url=ocsp_url, now=now)
         if cert.not_valid_after_utc <= old.not_valid_after_utc + timedelta(days=1):
             # The CA itself expires first: a new certificate would be no better (and due again at once).
             self._once("ca", "the TLS certificate %s is due for renewal, but CA %r expires %s: renew or roll "

@@ -100,7 +100,9 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
     limits = Limits(handshake_timeout=sc.handshake_timeout_seconds, header_timeout=sc.header_timeout_seconds,
                     keepalive_timeout=sc.keepalive_timeout_seconds,
-                    max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
+                    max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes,
+                    drain_seconds=sc.drain_seconds, stop_timeout=sc.stop_timeout_seconds,
+                    proxy_protocol_from=sc.trusted_proxies if sc.proxy_protocol else ())
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     return serve(server.app, sock, ssl_ctx, workers=n, extra_sites=extra, limits=limits,
                  on_ready=lambda: _ready(on_ready), on_stop=lambda: sd_notify("STOPPING=1"),

@@ -38,6 +38,10 @@ ExtraAuth = Callable[[web.Request, str | None], Awaitable[Identity | None]]
 ChallengeHook = Callable[[str | None], list[str]]
 
 
+# Set on a request by the proxy listener (server/proxied.py): the client's ip:port.
+CLIENT_PEER = "estkit.client_peer"
+
+
 def ssl_object(request: web.Request) -> ssl.SSLObject | None:
     """The request's TLS object (None on a plain connection)."""
     transport = request.transport
@@ -45,7 +49,11 @@ def ssl_object(request: web.Request) -> ssl.SSLObject | None:
 
 
 def peer_of(request: web.Request) -> str:
-    """The peer's address, ``ip:port``."""
+    """The client's address, ``ip:port``: the one a trusted proxy named (PROXY
+    header, server/proxyproto.py; proxy listener, server/proxied.py), else the peer's."""
+    client = getattr(request.protocol, "client_peer", None) or request.get(CLIENT_PEER)
+    if isinstance(client, str):
+        return client
     transport = request.transport
     peer: Any = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
+from estkit.errors import ServiceUnavailable
+
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
-           "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
+           "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "StoreUnavailable", "Conflict",
            "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now", "CertStatus", "CertQuery",
            "AuditEventType"]
 
@@ -25,6 +27,15 @@ def utc_now() -> datetime:
 
 class StoreError(Exception):
     """The store failed to read or write: the caller must not go on as if it had."""
+
+
+class StoreUnavailable(StoreError, ServiceUnavailable):
+    """The database cannot be reached now (down, restarting, every pooled
+    connection busy): a 503 with Retry-After, not a 500; nothing was recorded
+    as far as the caller knows, so nothing may be handed out."""
+
+    def __init__(self, reason: str, *, retry_after: int = 2) -> None:
+        ServiceUnavailable.__init__(self, reason, retry_after=retry_after)
 
 
 class Conflict(StoreError):

@@ -22,7 +22,7 @@ from cryptography import x509
 
 from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
-from estkit.errors import BadRequest, EstError, Unauthorized
+from estkit.errors import BadRequest, EstError, ServiceUnavailable, Unauthorized
 from estkit.server.authaudit import AuthFailureLog
 from estkit.server.throttle import FailureThrottle, Rule, address_of
 
@@ -197,6 +197,10 @@ class Authenticator:
             except Unauthorized as exc:
                 self.password_failed(p.peer, p.basic[0], exc.reason, p.label, counted=p.reserved)
                 raise Unauthorized(exc.reason, challenges=self.challenges_for(p.label)) from None
+            except ServiceUnavailable:
+                if p.reserved:  # not verified at all (the store is down): not a failure
+                    self.throttle.refund(p.peer, p.basic[0])
+                raise
             if p.reserved:
                 self.throttle.refund(p.peer, p.basic[0])
         return cert_identity, user

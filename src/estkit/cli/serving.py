@@ -92,6 +92,15 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     if cfg.server.metrics_listen:
         metrics_dir, site = _metrics_site(cfg, server, ca, tls_not_after)
         extra.append(site)
+    if sc.proxy_listen:
+        # Plain HTTP for a TLS-terminating proxy, which forwards the client's TLS
+        # facts in headers trusted only here (estkit.server.proxied).
+        from estkit.server.proxied import bind_unix, proxied_app
+        from estkit.server.proxyproto import TrustedProxies
+        p_sock = (bind_unix(cfg.path(sc.proxy_listen[len("unix:"):])) if sc.proxy_listen.startswith("unix:")
+                  else _bind(*split_listen(sc.proxy_listen, "server.proxy_listen"), "server.proxy_listen"))
+        extra.append((lambda: proxied_app(server, TrustedProxies(sc.trusted_proxies), trust), p_sock))
+        log.info("serving EST for the proxies %s on %s", ", ".join(sc.trusted_proxies), sc.proxy_listen)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})

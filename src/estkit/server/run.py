@@ -84,7 +84,9 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     runners: list[web.AppRunner] = []
     est_sites: list[EstSite] = []
     for factory, s, ctx in [(make_app, sock, ssl_ctx), *[(f, s2, None) for f, s2 in extra_sites]]:
-        runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+        # shutdown_timeout: what the plain-HTTP listeners' requests (the proxy
+        # listener's enrollments among them) get to finish once a stop closes them.
+        runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=limits.stop_timeout,
                                keepalive_timeout=limits.keepalive_timeout, lingering_time=0)
         await runner.setup()
         site: web.BaseSite
@@ -208,7 +210,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
             # The workers stop accepting now (server/drain.py); the port closes once
             # no process holds it, so the parent lets go of its copies too.
             listening = False
-            for s in set(socks):
+            for s in {*socks, *(s2 for _f, s2 in extra)}:
                 s.close()
         pid, st = _reap()
         if pid:

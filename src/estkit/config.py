@@ -271,7 +271,7 @@ def _check_proxies(server: ServerConfig) -> None:
         except ValueError:
             raise ConfigError("'server.proxy_listen' must be an IP address and port, or unix:/path") from None
         # Its requests carry the client's identity in headers: never on a public address.
-        if not (ip.is_loopback or ip.is_private):
+        if ip.is_unspecified or not (ip.is_loopback or ip.is_private):
             raise ConfigError(f"'server.proxy_listen' must be a loopback or private address (or unix:/path), "
                               f"not {host}")
 

@@ -124,7 +124,11 @@ class Haproxy:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            states = self.server_states()
+            try:
+                states = self.server_states()
+            except OSError:  # the stats socket is made just after the frontend listens
+                time.sleep(0.1)
+                continue
             if want(states):
                 return states
             time.sleep(0.1)

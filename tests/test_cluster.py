@@ -23,6 +23,8 @@ from cluster import (DEPLOY, PASSWORD, USER, Haproxy, Load, kill9, make_cluster_
                      stored_serials)
 from support import ServerProcess, basic, free_port, fresh_database, postgres_server
 
+from cryptography import x509
+
 from estkit.server.proxyproto import encode_v2
 
 pytestmark = pytest.mark.e2e
@@ -218,3 +220,35 @@ def test_postgres_restart_under_load_503_then_recovers(cluster: Cluster) -> None
     missing = set(out.serials) - stored_serials(cluster.store_url)
     assert not missing, f"{len(missing)} certificates handed out but not in the store"
     cluster.all_up()
+
+
+# -- state shared through the store ---------------------------------------------------------------
+
+def _node_ca(c: Cluster, i: int) -> Any:
+    """The CA and revocation objects a node builds from its own directory (own engine)."""
+    from estkit.cli.wiring import build_authority, build_revocation, build_store
+    from estkit.config import load_config
+    cfg = load_config(c.nodes[i].dir)
+    return build_revocation(build_authority(cfg, build_store(cfg)))
+
+
+def test_concurrent_revocations_on_several_nodes_publish_every_one(cluster: Cluster) -> None:
+    """Revocations on every node at once (one CA object per node, each with its own
+    database connections, as in separate processes): CRL numbers are unique and
+    grow, and the last CRL lists every revoked certificate (one signer at a time)."""
+    from together import together
+    load = Load(cluster.haproxy.port, cluster.ca_pem, clients=4, retry=True, pace=0).start()
+    _loaded(load, 12)
+    serials = load.stop().serials[:12]
+    revs = [_node_ca(cluster, i % NODES) for i in range(len(serials))]
+    before = revs[0].ca.store.get_crl("default")
+    results = together(len(serials), lambda i: revs[i].revoke(serials[i], "keyCompromise", identity="admin:test"))
+    assert all(r.changed for r in results)
+    crl = x509.load_der_x509_crl(revs[0].ca.store.get_crl("default").der)
+    listed = {r.serial_number for r in crl}
+    missing = set(serials) - listed
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    print(f"\n{len(serials)} revocations at once on {NODES} nodes: CRL number {before.number if before else 0} -> "
+          f"{number}; {len(missing)} revoked certificates missing from the last CRL")
+    assert not missing
+    assert number == (before.number if before else 0) + len(serials)  # one CRL per revocation, none lost

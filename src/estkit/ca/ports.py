@@ -5,6 +5,7 @@ The CA never imports SQL: it talks to these protocols only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -343,6 +344,12 @@ class CrlStore(Protocol):
     def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
         """Replace the CA's CRL only if the stored number is still ``previous_number``
         (None: no CRL yet).  False when another process got there first."""
+
+    def publish_crl(self, ca: str, build: Callable[[int], CrlRecord]) -> CrlRecord:
+        """One signer at a time, across processes and nodes: holding the CA's
+        CRL lock, ``build`` the CRL with the next number and store it.  A CRL
+        built after a revocation was committed lists it, and is published
+        after every CRL built before it."""
 
 
 class Store(CertStore, UserStore, AuditLog, PendingStore, CrlStore, ClaimStore, Protocol):

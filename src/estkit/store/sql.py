@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -482,6 +483,22 @@ class SqlStore:
             return None
         return CrlRecord(ca=r.ca, number=int(r.number), this_update=_utc(r.this_update),  # type: ignore[arg-type]
                          next_update=_utc(r.next_update), der=r.der)  # type: ignore[arg-type]
+
+    def publish_crl(self, ca: str, build: Callable[[int], CrlRecord]) -> CrlRecord:
+        with self._tx(write=True) as conn:  # SQLite: the writers' lock serializes every process
+            if conn.dialect.name == "postgresql":
+                # Every node's signer queues here: a transaction-scoped advisory
+                # lock per CA, released by the commit (or a lost connection).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": zlib.crc32(f"estkit-crl:{ca}".encode())})
+            r = conn.execute(select(_CRL.c.number).where(_CRL.c.ca == ca)).first()
+            crl = build(int(r.number) + 1 if r is not None else 1)
+            values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)
+            if r is None:
+                conn.execute(insert(_CRL).values(ca=ca, **values))
+            else:
+                conn.execute(update(_CRL).where(_CRL.c.ca == ca).values(**values))
+        return crl
 
     def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
         values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)

@@ -8,6 +8,7 @@ test measures (enrollments, 5xx, connection errors) is printed (-s shows it).
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import ssl
@@ -21,10 +22,14 @@ import pytest
 from cluster import (DEPLOY, PASSWORD, USER, Haproxy, Load, kill9, make_cluster_dirs, node, node_env, start_all,
                      start_postgres, stop_all, stop_postgres,
                      stored_serials)
-from support import ServerProcess, basic, free_port, fresh_database, postgres_server
+from support import ServerProcess, basic, estkit, free_port, fresh_database, postgres_server
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from estkit.protocol.csr import build_csr
+from estkit.protocol.keys import generate_key
+from estkit.protocol.pkcs7 import parse_certs_only
 from estkit.server.proxyproto import encode_v2
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +58,7 @@ class Cluster:
 def _configure(doc: dict[str, Any]) -> None:
     doc["server"].update(drain_seconds=2, proxy_protocol=True, trusted_proxies=["127.0.0.1"],
                          auth_address_failures_per_minute=2)
+    doc["labels"]["approval"] = {"ca": next(iter(doc["cas"])), "manual_approval": True, "pending_retry_after": 1}
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +258,106 @@ def test_concurrent_revocations_on_several_nodes_publish_every_one(cluster: Clus
           f"{number}; {len(missing)} revoked certificates missing from the last CRL")
     assert not missing
     assert number == (before.number if before else 0) + len(serials)  # one CRL per revocation, none lost
+
+
+def _enroll_on(n: ServerProcess, auth: str, cn: str, *, label: str | None = None,
+               cert: tuple[Path, Path] | None = None, op: str = "simpleenroll",
+               source: str = "127.0.0.2", key: Any = None) -> tuple[int, bytes, Any]:
+    """An enrollment straight to node ``n``, as a direct client (not 127.0.0.1: no PROXY header);
+    each test its own ``source``, so that one test's 401s do not throttle the next."""
+    ctx = ssl.create_default_context(cafile=str(n.ca_pem))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    conn = http.client.HTTPSConnection("localhost", n.port, context=ctx, timeout=30, source_address=(source, 0))
+    body = base64.b64encode(build_csr(key or generate_key("ec:P-256"), cn=cn)) + b"\n"
+    try:
+        path = f"/.well-known/est/{label}/{op}" if label else f"/.well-known/est/{op}"
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/pkcs10",
+                                                       **({"Authorization": auth} if auth else {})})
+        r = conn.getresponse()
+        return r.status, r.read(), r.headers
+    finally:
+        conn.close()
+
+
+def _admin(c: Cluster, *args: str, input: str | None = None) -> str:
+    """An operator's command, on the first node's directory (the shared store)."""
+    return estkit(*args, "--dir", str(c.nodes[0].dir), input=input).stdout.decode()
+
+
+# What each change makes of the old password on every node, and of the new one.
+_CHANGES = {"password": (401, 200), "disable": (401, None), "policy": (403, None)}
+
+
+def test_user_changes_hold_on_every_node_at_once(cluster: Cluster) -> None:
+    """Every node has just verified each user's password (its verification
+    cache holds it); a change made once (the operator's CLI on the shared
+    store: new password, disabled, a policy rule) holds on every node for the
+    very next request: no cache outlives it."""
+    from together import together
+    old, new = "old-password-1", "new-password-2"
+    names = [f"u-{change}" for change in _CHANGES]
+    together(len(names), lambda i: _admin(cluster, "user", "add", names[i], "--password-stdin", input=old + "\n"))
+    src = {name: f"127.0.2.{i + 1}" for i, name in enumerate(names)}  # one address each: 401s throttle per address
+    jobs = [(n, name) for n in cluster.nodes for name in names]
+    warm = together(len(jobs), lambda i: _enroll_on(jobs[i][0], basic(jobs[i][1], old), "warm",
+                                                    source=src[jobs[i][1]])[0])
+    assert set(warm) == {200}, warm
+    together(len(names), lambda i: _admin(cluster, "user", "set", names[i], *{
+        "u-password": ["--password-stdin"], "u-disable": ["--disable"], "u-policy": ["--cn", "only-this-*"]}[names[i]],
+        input=new + "\n" if names[i] == "u-password" else None))
+    for n, name in jobs:
+        want_old, want_new = _CHANGES[name[2:]]
+        assert _enroll_on(n, basic(name, old), "after", source=src[name])[0] == want_old, (n.port, name)
+        if want_new is not None:
+            assert _enroll_on(n, basic(name, new), "after", source=src[name])[0] == want_new, (n.port, name)
+
+
+def test_revocation_holds_on_every_node_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    """A certificate revoked once is refused for re-enrollment by every node, at the next request."""
+    key = generate_key("ec:P-256")
+    ctx_key = tmp_path / "k.pem"
+    ctx_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    status, body, _h = _enroll_on(cluster.nodes[0], basic(USER, PASSWORD), "revoke-me", key=key, source="127.0.2.4")
+    assert status == 200
+    cert = parse_certs_only(base64.b64decode(body))[0]
+    cert_pem = tmp_path / "c.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for n in cluster.nodes:  # re-enrollment with it works everywhere first
+        assert _enroll_on(n, "", "revoke-me", cert=(cert_pem, ctx_key), op="simplereenroll",
+                          source="127.0.2.4")[0] == 200
+    _admin(cluster, "revoke", format(cert.serial_number, "x"), "--reason", "keyCompromise")
+    for n in cluster.nodes:
+        status, body, _h = _enroll_on(n, "", "revoke-me", cert=(cert_pem, ctx_key), op="simplereenroll",
+                                      source="127.0.2.4")
+        assert status == 403 and b"revoked" in body, (n.port, status, body)
+
+
+def test_one_time_code_and_rate_limit_hold_across_nodes(cluster: Cluster) -> None:
+    """9 enrollments at once, 3 on each node: a one-time code enrolls exactly
+    once, a 2/hour rate exactly twice."""
+    from together import together
+    _admin(cluster, "user", "add", "otc", "--one-time", "--password-stdin", input="one-time-code-1\n")
+    _admin(cluster, "user", "add", "rated", "--rate", "2/hour", "--password-stdin", input="rated-password-1\n")
+    for name, pw, allowed in (("otc", "one-time-code-1", 1), ("rated", "rated-password-1", 2)):
+        statuses = together(9, lambda i: _enroll_on(cluster.nodes[i % NODES], basic(name, pw), f"{name}-{i}",
+                                                    source=f"127.0.3.{i + 1}")[0])
+        assert statuses.count(200) == allowed and set(statuses) <= {200, 401, 403}, (name, statuses)
+
+
+def test_pending_request_is_retried_through_any_node(cluster: Cluster) -> None:
+    """RFC 7030 §4.2.3: a request held for approval on one node is approved by
+    the operator and collected on another; a third gets the same certificate."""
+    key = generate_key("ec:P-256")  # the same CSR each time (ECDSA signatures differ: same key and names)
+    auth = basic(USER, PASSWORD)
+    status, body, headers = _enroll_on(cluster.nodes[0], auth, "pending-dev", label="approval", key=key,
+                                       source="127.0.2.5")
+    assert status == 202 and headers.get("Retry-After"), body
+    listed = _admin(cluster, "requests", "list", "--status", "pending")
+    request_id = next(line.split()[0] for line in listed.splitlines() if "pending" in line and "approval" in line)
+    _admin(cluster, "requests", "approve", request_id)
+    got = [_enroll_on(n, auth, "pending-dev", label="approval", key=key, source="127.0.2.5")
+           for n in cluster.nodes[1:]]
+    assert [g[0] for g in got] == [200, 200], [g[1] for g in got]
+    assert got[0][1] == got[1][1]  # the same certificate, whichever node is asked

@@ -162,6 +162,10 @@ def test_rolling_restart_under_load_fails_no_enrollment(cluster: Cluster) -> Non
     """SIGTERM each node in turn while 12 clients enroll without retrying
     (issue 14: 5-8 failed before draining); restart it, wait until HAProxy
     has it back, next."""
+    # A wrong password from 127.0.0.6 through HAProxy: the audit trail names that
+    # address (a stop writes each node's aggregated failed logins).
+    assert _get(cluster.haproxy.port, cluster.ca_pem, "/.well-known/est/simpleenroll", source="127.0.0.6",
+                method="POST", body=b"MAA=\n", auth=basic(USER, "wrong-password")) == 401
     load = Load(cluster.haproxy.port, cluster.ca_pem, clients=12, retry=False).start()
     try:
         _loaded(load)
@@ -174,6 +178,18 @@ def test_rolling_restart_under_load_fails_no_enrollment(cluster: Cluster) -> Non
     print(f"\nrolling restart of {NODES} nodes: {out.summary()}")
     assert out.failed_clients == 0 and out.errors_5xx == 0 and not out.conn_errors, out.summary()
     assert set(out.serials) <= stored_serials(cluster.store_url)
+    assert _audited_failures(cluster.store_url, "127.0.0.6") >= 1
+
+
+def _audited_failures(store_url: str, address: str) -> int:
+    from sqlalchemy import create_engine, text
+    eng = create_engine(store_url)
+    try:
+        with eng.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM audit WHERE event = 'auth-failed' AND peer = :a"),
+                                    {"a": address}).scalar_one())
+    finally:
+        eng.dispose()
 
 
 def test_kill_nodes_under_load_loses_no_certificate(cluster: Cluster) -> None:

@@ -234,7 +234,6 @@ class _Handshake:
             return
         self.http = http
 
-
     async def _proxy_header(self, http: HttpProtocol, t0: float) -> bool:
         """Read a trusted proxy's PROXY v2 header (server/proxyproto.py) before
         the TLS handshake; a connection without a valid one is closed."""

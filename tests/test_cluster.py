@@ -322,11 +322,11 @@ def test_user_changes_hold_on_every_node_at_once(cluster: Cluster) -> None:
     together(len(names), lambda i: _admin(cluster, "user", "set", names[i], *{
         "u-password": ["--password-stdin"], "u-disable": ["--disable"], "u-policy": ["--cn", "only-this-*"]}[names[i]],
         input=new + "\n" if names[i] == "u-password" else None))
-    for n, name in jobs:
-        want_old, want_new = _CHANGES[name[2:]]
-        assert _enroll_on(n, basic(name, old), "after", source=src[name])[0] == want_old, (n.port, name)
-        if want_new is not None:
-            assert _enroll_on(n, basic(name, new), "after", source=src[name])[0] == want_new, (n.port, name)
+    checks = [(n, name, pw, want) for n, name in jobs
+              for pw, want in zip((old, new), _CHANGES[name[2:]]) if want is not None]
+    got = together(len(checks), lambda i: _enroll_on(checks[i][0], basic(checks[i][1], checks[i][2]), "after",
+                                                     source=src[checks[i][1]])[0])
+    assert got == [want for *_, want in checks], list(zip([(n.port, name, pw) for n, name, pw, _ in checks], got))
 
 
 def test_revocation_holds_on_every_node_at_once(cluster: Cluster, tmp_path: Path) -> None:

@@ -163,9 +163,10 @@ def test_rolling_restart_under_load_fails_no_enrollment(cluster: Cluster) -> Non
     (issue 14: 5-8 failed before draining); restart it, wait until HAProxy
     has it back, next."""
     # A wrong password from 127.0.0.6 through HAProxy: the audit trail names that
-    # address (a stop writes each node's aggregated failed logins).
+    # address (a stop writes each node's failed logins, aggregated per minute and
+    # user name: a name of its own keeps this row apart from other tests').
     assert _get(cluster.haproxy.port, cluster.ca_pem, "/.well-known/est/simpleenroll", source="127.0.0.6",
-                method="POST", body=b"MAA=\n", auth=basic(USER, "wrong-password")) == 401
+                method="POST", body=b"MAA=\n", auth=basic("audit-probe", "wrong-password")) == 401
     load = Load(cluster.haproxy.port, cluster.ca_pem, clients=12, retry=False).start()
     try:
         _loaded(load)

@@ -47,6 +47,10 @@ def test_cluster_demo_enroll_through_it_then_ctrl_c(tmp_path: Path) -> None:
         assert proc.wait(60) == 0, out
         assert not base.exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed test still lets the demo stop what it started
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

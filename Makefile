@@ -10,7 +10,7 @@ LISTEN ?= 127.0.0.1:8443
 # shared server fixture starts once.  auto = one worker per core.
 TEST_JOBS ?= auto
 
-.PHONY: run test test-fast bench install clean
+.PHONY: run test test-fast bench cluster install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
+
+# A throwaway cluster on loopback: PostgreSQL, 3 nodes, HAProxy on 127.0.0.1:8443
+# (estkit cluster-demo --help); Ctrl-C removes it.
+cluster: $(VENV)/.installed
+	$(VENV)/bin/estkit cluster-demo --haproxy-config deploy/haproxy/passthrough.cfg $(CLUSTER_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py $(BENCH_ARGS)

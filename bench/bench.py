@@ -117,6 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attack-legit-clients", type=int, default=1, help="with --attack: legitimate clients")
     p.add_argument("--attack-configs", default="throttled,no-throttle",
                    help="with --attack: server configurations (throttled: the defaults; no-throttle)")
+    p.add_argument("--cluster", action="store_true", help="only the cluster: 1, 2 and 3 nodes behind HAProxy on "
+                   "PostgreSQL, both deploy/haproxy modes, new connection and keep-alive, beside one SQLite node "
+                   "(bench/cluster.py)")
+    p.add_argument("--cluster-concurrency", type=int, default=8, help="with --cluster: concurrent clients")
     a = p.parse_args(argv)
     defaults = QUICK if a.quick else FULL
     for k, v in defaults.items():
@@ -322,6 +326,10 @@ def _run_external(a: argparse.Namespace, result: dict[str, Any], modes: list[str
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``make bench BENCH_ARGS=...``."""
     a = parse_args(argv)
+    if a.cluster:
+        from cluster import run_cluster
+        print(f"results: {run_cluster(a)}")
+        return 0
     run(a)
     return 0
 

@@ -62,6 +62,26 @@ def test_ok_init_config_loads(base_dir: Path) -> None:
     pytest.param(lambda d: d.update(pkcs11={"modul": "/x.so"}), "pkcs11.modul", id="fail/pkcs11-unknown-key"),
     pytest.param(lambda d: d["cas"]["default"].update(rsa_pss="yes"), "cas.default.rsa_pss",
                  id="fail/rsa-pss-not-bool"),
+    # Issue 14: cluster keys.
+    pytest.param(lambda d: d["server"].update(drain_seconds=-1), "server.drain_seconds", id="fail/negative-drain"),
+    pytest.param(lambda d: d["server"].update(stop_timeout_seconds=0), "server.stop_timeout_seconds",
+                 id="fail/zero-stop-timeout"),
+    pytest.param(lambda d: d["server"].update(proxy_protocol=True), "server.trusted_proxies",
+                 id="fail/proxy-protocol-without-trusted-proxies"),
+    pytest.param(lambda d: d["server"].update(proxy_listen="127.0.0.1:9000"), "server.trusted_proxies",
+                 id="fail/proxy-listen-without-trusted-proxies"),
+    pytest.param(lambda d: d["server"].update(trusted_proxies=["10.0.0.0/33"]), "server.trusted_proxies",
+                 id="fail/bad-trusted-proxy"),
+    pytest.param(lambda d: d["server"].update(proxy_listen="8.8.8.8:9000", trusted_proxies=["10.0.0.1"]),
+                 "server.proxy_listen", id="fail/proxy-listen-public-address"),
+    pytest.param(lambda d: d["server"].update(proxy_listen="0.0.0.0:9000", trusted_proxies=["10.0.0.1"]),
+                 "server.proxy_listen", id="fail/proxy-listen-any-address"),
+    pytest.param(lambda d: d["server"].update(proxy_listen="proxy:9000", trusted_proxies=["10.0.0.1"]),
+                 "server.proxy_listen", id="fail/proxy-listen-host-name"),
+    pytest.param(lambda d: d["store"].update(pool_size=0), "store.pool_size", id="fail/zero-pool-size"),
+    pytest.param(lambda d: d["store"].update(pool_timeout_seconds="5"), "store.pool_timeout_seconds",
+                 id="fail/pool-timeout-not-int"),
+    pytest.param(lambda d: d["store"].update(pool_sise=3), "store.pool_sise", id="fail/unknown-store-key"),
 ])
 def test_config_errors_name_the_key(base_dir: Path, tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     doc = read_config(base_dir)
@@ -70,6 +90,25 @@ def test_config_errors_name_the_key(base_dir: Path, tmp_path: Path, mutate, mess
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path)
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("server,store", [
+    ({"proxy_protocol": True, "trusted_proxies": ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]}, {}),
+    ({"proxy_listen": "unix:/run/estkit/proxy.sock", "trusted_proxies": ["127.0.0.1"]}, {}),
+    ({"proxy_listen": "10.1.2.3:9000", "trusted_proxies": ["10.1.2.1"], "drain_seconds": 2}, {}),
+    ({"stop_timeout_seconds": 5}, {"pool_size": 20, "pool_max_overflow": 5, "pool_timeout_seconds": 2,
+                                   "connect_timeout_seconds": 2}),
+], ids=["ok/proxy-protocol", "ok/proxy-listen-unix", "ok/proxy-listen-private", "ok/pool"])
+def test_ok_cluster_keys(base_dir: Path, tmp_path: Path, server: dict[str, object], store: dict[str, object]) -> None:
+    doc = read_config(base_dir)
+    doc["server"].update(server)
+    doc.setdefault("store", {}).update(store)
+    write_config(tmp_path, doc)
+    cfg = load_config(tmp_path)
+    for k, v in server.items():
+        assert getattr(cfg.server, k) == (tuple(v) if isinstance(v, list) else v)
+    for k, v in store.items():
+        assert getattr(cfg.store, k) == v
 
 
 def test_fail_serve_with_bad_config_is_a_clear_error(base_dir: Path, tmp_path: Path) -> None:

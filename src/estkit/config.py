@@ -18,7 +18,7 @@ from estkit.ca.profile import DIGEST_ALGORITHMS, EKU_NAMES, KEY_USAGE_NAMES, Pro
 from estkit.protocol.constants import OPERATIONS
 from estkit.protocol.keys import check_key_type_name
 
-__all__ = ["ConfigError", "ServerConfig", "CaConfig", "Config", "load_config", "resolve_dir", "CONFIG_NAME"]
+__all__ = ["ConfigError", "ServerConfig", "StoreConfig", "CaConfig", "Config", "load_config", "resolve_dir", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.toml"
 
@@ -79,6 +79,29 @@ class ServerConfig:
     coap_max_sessions: int = 1024
     coap_max_sessions_per_address: int = 16
     coap_idle_timeout_seconds: int = 120
+    # Stopping (SIGTERM, server/drain.py): /readyz answers 503 for drain_seconds
+    # while the port still accepts (behind a balancer: longer than its health
+    # check takes to notice), then in-flight requests get stop_timeout_seconds.
+    drain_seconds: int = 0
+    stop_timeout_seconds: int = 30
+    # Behind a load balancer (README, "Running a cluster"): the PROXY protocol v2
+    # header on the TLS listener, and a plain-HTTP listener for a TLS-terminating
+    # proxy (HOST:PORT or unix:/path), both only from trusted_proxies (IPs or CIDRs).
+    proxy_protocol: bool = False
+    proxy_listen: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The ``[store]`` table besides ``url``: the connection pool of each
+    worker (PostgreSQL; SQLite keeps its own) and how long to wait for the
+    database before a request gets 503 with Retry-After."""
+
+    pool_size: int = 5
+    pool_max_overflow: int = 10
+    pool_timeout_seconds: int = 5
+    connect_timeout_seconds: int = 3
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,7 @@ class Config:
     policies: tuple[Policy, ...] = ()
     # [pkcs11]: the module for CA keys named by PKCS#11 URIs, and the PIN's environment variable.
     pkcs11: TokenSettings = TokenSettings()
+    store: StoreConfig = StoreConfig()
 
     def path(self, p: str) -> Path:
         """A configured path, resolved against DIR."""
@@ -183,7 +207,7 @@ def load_config(directory: Path) -> Config:
     if server.tls_renew_check_seconds <= 0:
         raise ConfigError("'server.tls_renew_check_seconds' must be positive")
     for key in ("auth_address_failures_per_minute", "auth_user_failures_per_minute", "auth_max_parallel",
-                "tls_renew_before_days"):
+                "tls_renew_before_days", "drain_seconds"):
         if getattr(server, key) < 0:
             raise ConfigError(f"'server.{key}' must not be negative")
     _split_listen(server.listen, "server.listen")
@@ -202,11 +226,15 @@ def load_config(directory: Path) -> Config:
     for key in ("coap_max_sessions", "coap_max_sessions_per_address", "coap_idle_timeout_seconds"):
         if getattr(server, key) <= 0:
             raise ConfigError(f"'server.{key}' must be positive")
+    if server.stop_timeout_seconds <= 0:
+        raise ConfigError("'server.stop_timeout_seconds' must be positive")
+    _check_proxies(server)
 
     store = _table(doc, "store")
-    for key in store:
-        if key != "url":
-            raise ConfigError(f"unknown key 'store.{key}' (known: url)")
+    pool = StoreConfig(**_check("store", {k: v for k, v in store.items() if k != "url"}, StoreConfig))
+    for f in fields(StoreConfig):
+        if getattr(pool, f.name) <= 0:
+            raise ConfigError(f"'store.{f.name}' must be positive")
     url = os.environ.get("ESTKIT_STORE_URL") or store.get("url", "sqlite:///estkit.db")
     if not isinstance(url, str):
         raise ConfigError("'store.url' must be a string")
@@ -260,7 +288,30 @@ def load_config(directory: Path) -> Config:
                 raise ConfigError(f"'policies.{name}.labels' names unknown label {lab!r}")
         policies.append(pol)
     return Config(dir=directory, server=server, store_url=url, cas=cas, labels=labels, policies=tuple(policies),
-                  pkcs11=pkcs11)
+                  pkcs11=pkcs11, store=pool)
+
+
+def _check_proxies(server: ServerConfig) -> None:
+    """``trusted_proxies`` are addresses or networks; a proxy feature needs them."""
+    import ipaddress
+    for p in server.trusted_proxies:
+        try:
+            ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            raise ConfigError(f"'server.trusted_proxies': {p!r} is not an IP address or network") from None
+    if (server.proxy_protocol or server.proxy_listen) and not server.trusted_proxies:
+        raise ConfigError("'server.proxy_protocol' and 'server.proxy_listen' need 'server.trusted_proxies' "
+                          "(the addresses of the load balancers)")
+    if server.proxy_listen and not server.proxy_listen.startswith("unix:"):
+        host, _port = _split_listen(server.proxy_listen, "server.proxy_listen")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("'server.proxy_listen' must be an IP address and port, or unix:/path") from None
+        # Its requests carry the client's identity in headers: never on a public address.
+        if ip.is_unspecified or not (ip.is_loopback or ip.is_private):
+            raise ConfigError(f"'server.proxy_listen' must be a loopback or private address (or unix:/path), "
+                              f"not {host}")
 
 
 def _profile(name: str, raw: dict[str, Any], cas: dict[str, CaConfig]) -> Profile:

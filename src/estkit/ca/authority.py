@@ -22,7 +22,7 @@ from estkit.ca.passwords import DUMMY_HASH, VerifyCache, needs_rehash
 from estkit.ca.policy import (REQUEST_VALIDATORS, EnrollRequest, Grant, Operation, RequestValidator, check_result,
                               shape_certificate)
 from estkit.ca.ports import (AuditEvent, AuditEventType, Conflict, GuardFailed, IssuedCert, PendingRequest, PendingStatus, Store,
-                             StoreError, UserRecord, utc_now)
+                             StoreError, StoreUnavailable, UserRecord, utc_now)
 from estkit.ca.profile import Profile
 from estkit.ca.rules import Policy, PolicyError, policy_from_mapping
 from estkit.ca.signer import Signer
@@ -240,6 +240,9 @@ class CertificateAuthority:
                     log.error("cannot record issued certificate: %s", exc)
                     raise InternalError("the certificate could not be recorded; nothing was issued") from None
                 log.warning("serial collision, drawing another")
+            except StoreUnavailable as exc:  # 503 + Retry-After: the client tries again later
+                log.warning("cannot record issued certificate: %s", exc)
+                raise StoreUnavailable("the store is unavailable: nothing was issued; retry later") from None
             except StoreError as exc:
                 log.error("cannot record issued certificate: %s", exc)
                 raise InternalError("the certificate could not be recorded; nothing was issued") from None

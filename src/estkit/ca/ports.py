@@ -5,13 +5,16 @@ The CA never imports SQL: it talks to these protocols only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
+from estkit.errors import ServiceUnavailable
+
 __all__ = ["IssuedCert", "StoredCert", "UserRecord", "AuditEvent", "PendingRequest", "CrlRecord", "CertStore",
-           "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "Conflict",
+           "UserStore", "AuditLog", "PendingStore", "CrlStore", "ClaimStore", "Store", "StoreError", "StoreUnavailable", "Conflict",
            "IssueGuard", "GuardFailed", "Claim", "PendingStatus", "utc_now", "CertStatus", "CertQuery",
            "AuditEventType"]
 
@@ -25,6 +28,15 @@ def utc_now() -> datetime:
 
 class StoreError(Exception):
     """The store failed to read or write: the caller must not go on as if it had."""
+
+
+class StoreUnavailable(StoreError, ServiceUnavailable):
+    """The database cannot be reached now (down, restarting, every pooled
+    connection busy): a 503 with Retry-After, not a 500; nothing was recorded
+    as far as the caller knows, so nothing may be handed out."""
+
+    def __init__(self, reason: str, *, retry_after: int = 2) -> None:
+        ServiceUnavailable.__init__(self, reason, retry_after=retry_after)
 
 
 class Conflict(StoreError):
@@ -332,6 +344,12 @@ class CrlStore(Protocol):
     def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
         """Replace the CA's CRL only if the stored number is still ``previous_number``
         (None: no CRL yet).  False when another process got there first."""
+
+    def publish_crl(self, ca: str, build: Callable[[int], CrlRecord]) -> CrlRecord:
+        """One signer at a time, across processes and nodes: holding the CA's
+        CRL lock, ``build`` the CRL with the next number and store it.  A CRL
+        built after a revocation was committed lists it, and is published
+        after every CRL built before it."""
 
 
 class Store(CertStore, UserStore, AuditLog, PendingStore, CrlStore, ClaimStore, Protocol):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from estkit.ca.authority import CertificateAuthority, IssuingCA
 from estkit.ca.ports import AuditEvent, AuditEventType, CrlRecord, StoredCert, StoreError
-from estkit.errors import BadRequest, EstError, InternalError, NotFound
+from estkit.errors import BadRequest, EstError, NotFound
 from estkit.protocol.constants import CRL_REASONS
 
 __all__ = ["REASONS", "Revocation", "Revoked", "reason_name", "HOLD"]
@@ -147,17 +147,11 @@ class Revocation:
             self.current(name)
 
     def regenerate(self, ca_name: str) -> CrlRecord:
-        """Sign a new CRL with the next CRL number and store it."""
+        """Sign a new CRL with the next CRL number and store it, one signer at
+        a time through the store (several nodes revoking at once each publish
+        theirs, in turn: RFC 5280 §5.2.3, the number only grows)."""
         issuing = self.ca.cas[ca_name]
-        for _attempt in range(5):
-            prev = self.ca.store.get_crl(ca_name)
-            rec = self._build(issuing, (prev.number + 1) if prev else 1)
-            if self.ca.store.put_crl(rec, prev.number if prev else None):
-                return rec
-        got = self.ca.store.get_crl(ca_name)
-        if got is None:
-            raise InternalError("could not publish a CRL")
-        return got
+        return self.ca.store.publish_crl(ca_name, lambda number: self._build(issuing, number))
 
     def _build(self, issuing: IssuingCA, number: int) -> CrlRecord:
         now = self.clock().replace(microsecond=0)

@@ -166,9 +166,9 @@ Stop with Ctrl-C.
 def _register_extensions() -> None:
     """The command groups that live in their own modules, one module per group
     (imported here, at start, so that a broken module fails loudly)."""
-    from estkit.cli import admin, backup, ca_cmds, certs, policy_cmds, users
+    from estkit.cli import admin, backup, ca_cmds, certs, clusterdemo, policy_cmds, users
     cli.add_command(users.user)
-    for module in (admin, ca_cmds, certs, policy_cmds, backup):
+    for module in (admin, ca_cmds, certs, policy_cmds, backup, clusterdemo):
         module.register(cli)
 
 

@@ -107,6 +107,15 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     if cfg.server.metrics_listen:
         metrics_dir, site, state = _metrics_site(cfg, server, ca, tls_not_after)
         extra.append(site)
+    if sc.proxy_listen:
+        # Plain HTTP for a TLS-terminating proxy, which forwards the client's TLS
+        # facts in headers trusted only here (estkit.server.proxied).
+        from estkit.server.proxied import bind_unix, proxied_app
+        from estkit.server.proxyproto import TrustedProxies
+        p_sock = (bind_unix(cfg.path(sc.proxy_listen[len("unix:"):])) if sc.proxy_listen.startswith("unix:")
+                  else _bind(*split_listen(sc.proxy_listen, "server.proxy_listen"), "server.proxy_listen"))
+        extra.append((lambda: proxied_app(server, TrustedProxies(sc.trusted_proxies), trust), p_sock))
+        log.info("serving EST for the proxies %s on %s", ", ".join(sc.trusted_proxies), sc.proxy_listen)
     tls.on_change = lambda cert: _load_tls(tls, ssl_ctx, cert, server, state, services)
     # Bound last: once the EST port answers, everything (CRLs included) is ready.
     # From here a stop signal waits until the workers can stop cleanly (serve unblocks it).
@@ -116,7 +125,9 @@ def run_server(cfg: Config, *, listen: str | None = None, workers: int | None = 
     log.info("serving EST on https://%s:%d/.well-known/est with %d worker(s)", host, sock.getsockname()[1], n)
     limits = Limits(handshake_timeout=sc.handshake_timeout_seconds, header_timeout=sc.header_timeout_seconds,
                     keepalive_timeout=sc.keepalive_timeout_seconds,
-                    max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes)
+                    max_connections=sc.max_connections or auto_max_connections(), max_body=sc.max_body_bytes,
+                    drain_seconds=sc.drain_seconds, stop_timeout=sc.stop_timeout_seconds,
+                    proxy_protocol_from=sc.trusted_proxies if sc.proxy_protocol else ())
     # systemd Type=notify (deploy/systemd/estkit.service): ready once the port accepts connections.
     check = float(sc.tls_renew_check_seconds)
 

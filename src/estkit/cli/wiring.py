@@ -23,7 +23,7 @@ from estkit.server.app import EstServer
 from estkit.server.health import Readiness
 from estkit.server.handlers import register_core
 from estkit.server.throttle import FailureThrottle, Rule
-from estkit.store import SqlStore, open_store
+from estkit.store import PoolOptions, SqlStore, open_store
 
 __all__ = ["ca_signer", "load_pem_certs", "build_store", "build_authority", "build_server", "passphrase_for",
            "build_revocation", "load_cmc_secrets", "password_verifier", "build_ocsp"]
@@ -53,7 +53,10 @@ def passphrase_for(ca: CaConfig) -> bytes | None:
 
 def build_store(config: Config) -> SqlStore:
     """The store named by the config, migrated to the newest schema."""
-    return open_store(config.store_url, clock=utc_now)
+    sc = config.store
+    return open_store(config.store_url, clock=utc_now,
+                      pool=PoolOptions(size=sc.pool_size, max_overflow=sc.pool_max_overflow,
+                                       timeout=sc.pool_timeout_seconds, connect_timeout=sc.connect_timeout_seconds))
 
 
 def password_verifier(config: Config, workers: int = 1) -> VerifyCache:

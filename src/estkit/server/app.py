@@ -23,6 +23,7 @@ from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, Pay
                            UnsupportedMediaType)
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
+from estkit.server import drain
 from estkit.server.auth import Authenticator, Presented, peer_of
 from estkit.server.health import HEALTHZ, READYZ, Readiness, healthz
 from estkit.server.transport import SUPPORTED_VERSIONS, server_header
@@ -234,7 +235,9 @@ class EstServer:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             resp = text_response(500, "internal server error")
-        if resp.status in (413, 505):
+        if resp.status in (413, 505) or drain.STATE.draining:
+            # Draining (server/drain.py): the client's next request goes, through
+            # the balancer, to a node that is not stopping.
             # The rest of an oversized body is not read, and a 505 peer speaks
             # something else: close rather than parse what follows.
             resp.force_close()

@@ -22,11 +22,11 @@ from cryptography import x509
 
 from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
-from estkit.errors import BadRequest, EstError, Unauthorized
+from estkit.errors import BadRequest, EstError, ServiceUnavailable, Unauthorized
 from estkit.server.authaudit import AuthFailureLog
 from estkit.server.throttle import FailureThrottle, Rule, address_of
 
-__all__ = ["ssl_object", "peer_of", "basic_credentials", "Authenticator", "Presented", "ExtraAuth", "ChallengeHook"]
+__all__ = ["CLIENT_PEER", "FORWARDED_TLS", "ForwardedTls", "ssl_object", "peer_of", "basic_credentials", "Authenticator", "Presented", "ExtraAuth", "ChallengeHook"]
 
 # A hook that can authenticate a request by other means (HTTP Digest), given the
 # request and its CA label: an identity, None when the request carries no such
@@ -38,6 +38,22 @@ ExtraAuth = Callable[[web.Request, str | None], Awaitable[Identity | None]]
 ChallengeHook = Callable[[str | None], list[str]]
 
 
+# Set on a request by the proxy listener (server/proxied.py): the client's ip:port,
+# and the client's TLS facts as the TLS-terminating proxy forwarded them.
+CLIENT_PEER = "estkit.client_peer"
+FORWARDED_TLS = "estkit.forwarded_tls"
+
+
+@dataclass(frozen=True)
+class ForwardedTls:
+    """A client's TLS connection as a trusted TLS-terminating proxy saw it:
+    protocol (None: the request did not come over TLS), tls-unique, certificate."""
+
+    version: str | None
+    unique: bytes | None
+    cert_der: bytes | None
+
+
 def ssl_object(request: web.Request) -> ssl.SSLObject | None:
     """The request's TLS object (None on a plain connection)."""
     transport = request.transport
@@ -45,7 +61,11 @@ def ssl_object(request: web.Request) -> ssl.SSLObject | None:
 
 
 def peer_of(request: web.Request) -> str:
-    """The peer's address, ``ip:port``."""
+    """The client's address, ``ip:port``: the one a trusted proxy named (PROXY
+    header, server/proxyproto.py; proxy listener, server/proxied.py), else the peer's."""
+    client = getattr(request.protocol, "client_peer", None) or request.get(CLIENT_PEER)
+    if isinstance(client, str):
+        return client
     transport = request.transport
     peer: Any = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -151,13 +171,16 @@ class Authenticator:
     def presented(self, request: web.Request, label: str | None = None) -> Presented:
         """What the request presents, read on the event loop (no store access)."""
         sslobj = ssl_object(request)
+        fwd: ForwardedTls | None = request.get(FORWARDED_TLS)
         p = Presented(peer=peer_of(request), label=label, tls=sslobj is not None)
         if sslobj is not None:
             p.tls_version = sslobj.version()
             p.tls_unique = sslobj.get_channel_binding("tls-unique")
             p.cert_der = sslobj.getpeercert(binary_form=True) or None
+        elif fwd is not None and fwd.version is not None:  # the proxy listener (server/proxied.py)
+            p.tls, p.tls_version, p.tls_unique, p.cert_der = True, fwd.version, fwd.unique, fwd.cert_der
         p.basic = basic_credentials(request.headers.get("Authorization"))
-        if p.basic is not None and sslobj is None:
+        if p.basic is not None and not p.tls:
             raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
         if p.basic is not None:
             # Credentials this process verified lately are a known device's: not
@@ -189,6 +212,10 @@ class Authenticator:
             except Unauthorized as exc:
                 self.password_failed(p.peer, p.basic[0], exc.reason, p.label, counted=p.reserved)
                 raise Unauthorized(exc.reason, challenges=self.challenges_for(p.label)) from None
+            except ServiceUnavailable:
+                if p.reserved:  # not verified at all (the store is down): not a failure
+                    self.throttle.refund(p.peer, p.basic[0])
+                raise
             if p.reserved:
                 self.throttle.refund(p.peer, p.basic[0])
         return cert_identity, user

@@ -29,6 +29,13 @@ class Limits:
     keepalive_timeout: float = 30.0
     max_connections: int = 1024
     max_body: int = 65536
+    # A stop (server/drain.py): how long /readyz says "draining" while the port
+    # still accepts, then how long connections get to finish.
+    drain_seconds: float = 0.0
+    stop_timeout: float = 30.0
+    # [server] proxy_protocol: the PROXY v2 header is required from these
+    # addresses (server/proxyproto.py); empty: not accepted from anyone.
+    proxy_protocol_from: tuple[str, ...] = ()
 
 
 def auto_max_connections() -> int:
@@ -74,11 +81,12 @@ refusal_log = RateLimitedLog()
 class Conn:
     """One accepted connection as the table sees it."""
 
-    __slots__ = ("close", "registered")
+    __slots__ = ("close", "registered", "served")
 
     def __init__(self, close: Callable[[], None]) -> None:
         self.close = close
         self.registered = False
+        self.served = False  # a request started on it (before that it is a new client's)
 
 
 class ConnectionTable:
@@ -112,7 +120,20 @@ class ConnectionTable:
         return True
 
     def busy(self, conn: Conn) -> None:
+        conn.served = True
         self.idle.pop(conn, None)
+
+    def settled(self) -> bool:
+        """True when no connection is in a request, in its TLS handshake or
+        yet to send its first request: what a stop waits for (server/drain.py).
+        Idle kept-alive connections do not count: they are closed."""
+        return self.count == len(self.idle) and all(c.served for c in self.idle)
+
+    def close_idle(self) -> None:
+        """Close the kept-alive connections that are between requests."""
+        for conn in [c for c in self.idle if c.served]:
+            self.drop(conn)
+            conn.close()
 
     def rest(self, conn: Conn) -> None:
         if conn.registered:

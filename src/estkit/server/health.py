@@ -21,6 +21,7 @@ from datetime import datetime
 from aiohttp import web
 
 from estkit.ca.authority import CertificateAuthority
+from estkit.server import drain
 from estkit.server.wire import text_response
 
 __all__ = ["Readiness", "HEALTHZ", "READYZ"]
@@ -104,7 +105,10 @@ class Readiness:
             self._cached = (self._clock(), done.result())
 
     async def readyz(self, _request: web.Request) -> web.StreamResponse:
-        """``GET /readyz``: 200 ``ok`` or 503 naming the failing check."""
+        """``GET /readyz``: 200 ``ok`` or 503 naming the failing check
+        (``draining`` once the process was told to stop: server/drain.py)."""
+        if drain.STATE.draining:
+            return text_response(503, drain.DRAINING_REASON)
         failed = await self.result()
         return text_response(200, "ok") if failed is None else text_response(503, failed)
 

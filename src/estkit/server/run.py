@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from estkit.server import drain
 from estkit.server.connections import Limits
 from estkit.server.transport import EstSite
 
@@ -85,13 +86,17 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     # A SIGTERM that arrived while starting was held (see serve); deliver it now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     runners: list[web.AppRunner] = []
+    est_sites: list[EstSite] = []
     for factory, s, ctx in [(make_app, sock, ssl_ctx), *[(f, s2, None) for f, s2 in extra_sites]]:
-        runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+        # shutdown_timeout: what the plain-HTTP listeners' requests (the proxy
+        # listener's enrollments among them) get to finish once a stop closes them.
+        runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=limits.stop_timeout,
                                keepalive_timeout=limits.keepalive_timeout, lingering_time=0)
         await runner.setup()
         site: web.BaseSite
         if ctx is not None:
             site = EstSite(runner, s, ssl_context=ctx, limits=limits)
+            est_sites.append(site)
         else:
             site = web.SockSite(runner, s)
         await site.start()
@@ -100,10 +105,25 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     await stop.wait()
     if on_stop is not None:
         on_stop()
-    for stop_service in stoppers:
+    await _drain(est_sites, limits)
+    for stop_service in stoppers:  # EST-coaps too serves through the drain, then stops
         await stop_service()
     for runner in runners:
         await runner.cleanup()
+
+
+async def _drain(sites: list[EstSite], limits: Limits) -> None:
+    """The stop sequence of server/drain.py: draining, stop accepting, finish."""
+    drain.STATE.begin()
+    if limits.drain_seconds > 0:
+        log.info("stopping: draining for %gs (/readyz answers 503)", limits.drain_seconds)
+        await asyncio.sleep(limits.drain_seconds)
+    for site in sites:
+        site.stop_accepting()
+    settled = await asyncio.gather(*(site.settle(limits.stop_timeout) for site in sites))
+    if not all(settled):
+        log.warning("stopping: connections still open after server.stop_timeout_seconds (%gs) are closed",
+                    limits.stop_timeout)
 
 
 def _loop_run(coro_factory: Callable[[], object]) -> None:
@@ -165,11 +185,15 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
         children[spawn(slot)] = slot
         started[slot] = time.monotonic()
     stopping = False
+    stop_at = 0.0
+    listening = True
 
     def _forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, stop_at
         if not stopping and on_stop is not None:
             on_stop()
+        if not stopping:
+            stop_at = time.monotonic()
         stopping = True
         for child in children:
             try:
@@ -191,6 +215,12 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, ssl_ctx:
     if on_ready:
         on_ready()
     while children or (due and not stopping):
+        if stopping and listening and time.monotonic() >= stop_at + lim.drain_seconds:
+            # The workers stop accepting now (server/drain.py); the port closes once
+            # no process holds it, so the parent lets go of its copies too.
+            listening = False
+            for s in {*socks, *(s2 for _f, s2 in extra)}:
+                s.close()
         pid, st = _reap()
         if pid:
             slot = children.pop(pid)

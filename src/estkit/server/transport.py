@@ -33,6 +33,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.http import HttpVersion11
 
 from estkit.server.connections import Conn, ConnectionTable, Limits, refusal_log
+from estkit.server.proxyproto import ProxyHeaderError, TrustedProxies, read_v2
 
 __all__ = ["EstSite", "HttpProtocol", "SERVER_HEADER", "SUPPORTED_VERSIONS", "answer_as_http11", "server_header"]
 
@@ -43,7 +44,9 @@ SERVER_HEADER = "estkit"
 SUPPORTED_VERSIONS = ((1, 0), (1, 1))
 
 
-def _peer(transport: asyncio.BaseTransport | None) -> str:
+def _peer(transport: asyncio.BaseTransport | None, client: str | None = None) -> str:
+    if client is not None:  # the client a trusted proxy's PROXY header named
+        return client
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
@@ -102,6 +105,9 @@ class HttpProtocol(web.RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._busy = False
         self._started = time.perf_counter()
+        # The client's ip:port from a trusted proxy's PROXY header (server/proxyproto.py);
+        # None: the connection's own peer is the client.
+        self.client_peer: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -152,7 +158,7 @@ class HttpProtocol(web.RequestHandler):
             # A bug below the application (which logs its own): worth a traceback,
             # and one of ours holds no request bytes.
             log.error("internal error handling a request", exc_info=exc)
-        refusal_log("%s - - - %d %.1fms", _peer(self.transport), status,
+        refusal_log("%s - - - %d %.1fms", _peer(self.transport, self.client_peer), status,
                     (time.perf_counter() - self._started) * 1000)
         return _plain(status, reason)
 
@@ -175,7 +181,8 @@ class HttpProtocol(web.RequestHandler):
         self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
                              b"Content-Length: %d\r\nServer: %s\r\nConnection: close\r\n\r\n"
                              % (len(body), SERVER_HEADER.encode()) + body)
-        refusal_log("%s - - - 408 %.1fms", _peer(self.transport), (time.perf_counter() - self._started) * 1000)
+        refusal_log("%s - - - 408 %.1fms", _peer(self.transport, self.client_peer),
+                    (time.perf_counter() - self._started) * 1000)
         self.force_close()
 
 
@@ -204,6 +211,9 @@ class _Handshake:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         http = HttpProtocol(site.server, loop=loop, limits=site.limits, table=site.table, conn=self.conn)
+        if site.proxies and site.proxies.trusts(self.peer.rpartition(":")[0].strip("[]")):
+            if not await self._proxy_header(http, t0):
+                return
         try:
             # The shutdown timeout bounds a graceful close too (a peer that never
             # answers close_notify would hold the descriptor for 30 s).
@@ -223,6 +233,30 @@ class _Handshake:
                 refusal_log("%s - tls-handshake - refused %.1fms %s", self.peer, took * 1000, why)
             return
         self.http = http
+
+    async def _proxy_header(self, http: HttpProtocol, t0: float) -> bool:
+        """Read a trusted proxy's PROXY v2 header (server/proxyproto.py) before
+        the TLS handshake; a connection without a valid one is closed."""
+        site = self.site
+        try:
+            header = await asyncio.wait_for(read_v2(self.sock), site.limits.handshake_timeout)
+        except asyncio.CancelledError:
+            site.table.drop(self.conn)
+            self.sock.close()
+            raise
+        except (ProxyHeaderError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            site.table.drop(self.conn)
+            self.sock.close()
+            if isinstance(exc, ProxyHeaderError) and exc.silent:
+                return False  # a port probe (a balancer's TCP check) sent nothing: nothing refused
+            why = "PROXY header not received in time" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) \
+                else str(exc) if isinstance(exc, ProxyHeaderError) else "connection lost in the PROXY header"
+            refusal_log("%s - proxy-header - refused %.1fms %s (server.proxy_protocol: required from "
+                        "server.trusted_proxies)", self.peer, (time.perf_counter() - t0) * 1000, why)
+            return False
+        if header.peer is not None:
+            self.peer = http.client_peer = header.peer
+        return True
 
 
 def _handshake_reason(exc: BaseException) -> str | None:
@@ -244,7 +278,7 @@ class EstSite(web.BaseSite):
     """A listening socket served over TLS through :class:`HttpProtocol`,
     with the handshake timeout, the connection bound and refusal logging."""
 
-    __slots__ = ("_sock", "_name", "limits", "table", "_accepting")
+    __slots__ = ("_sock", "_name", "limits", "table", "proxies", "_accepting")
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext,
                  limits: Limits, backlog: int = 1024) -> None:
@@ -254,6 +288,7 @@ class EstSite(web.BaseSite):
         self._name = f"https://{host}:{port}"
         self.limits = limits
         self.table = ConnectionTable(limits.max_connections)
+        self.proxies = TrustedProxies(limits.proxy_protocol_from)
         self._accepting: asyncio.Task[None] | None = None
 
     @property
@@ -298,6 +333,28 @@ class EstSite(web.BaseSite):
                 sock.close()
                 continue
             hs.task = loop.create_task(hs.run())
+
+    def stop_accepting(self) -> None:
+        """Stop accepting and close the listening socket (a stop, server/drain.py):
+        new connections are refused at once (a balancer then tries another
+        node) rather than queued in the kernel until they are reset."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        self._sock.close()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the connections accepted so far
+        have sent their request and it was answered; kept-alive connections
+        between requests are closed as they come to rest.  False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.table.close_idle()
+            if self.table.settled():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self._accepting is not None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,18 +23,19 @@ from sqlalchemy import (Connection, Engine, Table, and_, bindparam, create_engin
 from sqlalchemy import delete as sa_delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (DisconnectionError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
 from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed, IssuedCert, IssueGuard,
-                             CertQuery, CertStatus, PendingRequest, PendingStatus, StoredCert, StoreError,
+                             CertQuery, CertStatus, PendingRequest, PendingStatus, StoredCert, StoreError, StoreUnavailable,
                              UserRecord, utc_now)
 from estkit.store.driverinsert import DriverInsert
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
 from estkit.store.writelock import WriteLock
 
-__all__ = ["SqlStore", "open_store", "migrate"]
+__all__ = ["SqlStore", "PoolOptions", "open_store", "migrate"]
 
 _CERTS: Table = Certificate.__table__  # type: ignore[assignment]
 _USERS: Table = User.__table__  # type: ignore[assignment]
@@ -64,7 +67,25 @@ def _hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def _make_engine(url: str) -> Engine:
+# What says "the database cannot be reached now" rather than "this statement is wrong":
+# a refused or lost connection, a server shutting down (OperationalError, InterfaceError),
+# no pooled connection free within pool_timeout (sqlalchemy.exc.TimeoutError).
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Each process's connection pool (PostgreSQL; SQLite keeps its own):
+    ``[store]`` pool_size, pool_max_overflow, pool_timeout_seconds and
+    connect_timeout_seconds.  Waiting longer than these is a 503."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout: float = 5.0
+    connect_timeout: int = 3
+
+
+def _make_engine(url: str, pool: PoolOptions = PoolOptions()) -> Engine:
     if url.startswith("sqlite"):
         # Pooled: opening a connection and setting its pragmas cost more than
         # the insert of an enrollment (the profile in docs/benchmark.md).
@@ -86,7 +107,13 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        # libpq's connect_timeout (seconds, at least 2): a database host that
+        # does not answer costs a request this long, not the TCP timeout.
+        connect_args["connect_timeout"] = max(2, pool.connect_timeout)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.max_overflow,
+                         pool_timeout=pool.timeout, connect_args=connect_args)
 
 
 def migrate(engine: Engine) -> None:
@@ -106,13 +133,14 @@ def _sqlite_lock(url: str) -> WriteLock | None:
     return WriteLock(Path(path + "-lock"))
 
 
-def open_store(url: str, *, upgrade: bool = True, clock: Callable[[], datetime] = utc_now) -> SqlStore:
+def open_store(url: str, *, upgrade: bool = True, clock: Callable[[], datetime] = utc_now,
+               pool: PoolOptions = PoolOptions()) -> SqlStore:
     """A store on ``url``; with ``upgrade`` the schema is migrated first.
     ``clock`` stamps what it records and places rate windows: give it the CA's
     clock, so that a fake one moves both."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(_make_engine(url), write_lock=_sqlite_lock(url), clock=clock)
+    store = SqlStore(_make_engine(url, pool), write_lock=_sqlite_lock(url), clock=clock)
     if upgrade:
         try:
             migrate(store.engine)
@@ -147,6 +175,10 @@ class SqlStore:
                 yield conn
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
+        except _UNAVAILABLE as exc:
+            # The database is down, restarting or out of connections: the request
+            # gets 503 and Retry-After; the pool reconnects by itself (pre-ping).
+            raise StoreUnavailable(f"the store is unavailable: {str(exc).splitlines()[0]}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(str(exc).splitlines()[0]) from exc
 
@@ -451,6 +483,22 @@ class SqlStore:
             return None
         return CrlRecord(ca=r.ca, number=int(r.number), this_update=_utc(r.this_update),  # type: ignore[arg-type]
                          next_update=_utc(r.next_update), der=r.der)  # type: ignore[arg-type]
+
+    def publish_crl(self, ca: str, build: Callable[[int], CrlRecord]) -> CrlRecord:
+        with self._tx(write=True) as conn:  # SQLite: the writers' lock serializes every process
+            if conn.dialect.name == "postgresql":
+                # Every node's signer queues here: a transaction-scoped advisory
+                # lock per CA, released by the commit (or a lost connection).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": zlib.crc32(f"estkit-crl:{ca}".encode())})
+            r = conn.execute(select(_CRL.c.number).where(_CRL.c.ca == ca)).first()
+            crl = build(int(r.number) + 1 if r is not None else 1)
+            values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)
+            if r is None:
+                conn.execute(insert(_CRL).values(ca=ca, **values))
+            else:
+                conn.execute(update(_CRL).where(_CRL.c.ca == ca).values(**values))
+        return crl
 
     def put_crl(self, crl: CrlRecord, previous_number: int | None) -> bool:
         values = dict(number=crl.number, this_update=crl.this_update, next_update=crl.next_update, der=crl.der)

@@ -466,3 +466,29 @@ def test_ok_tls_certificate_renewal_signs_with_the_token(srv: ServerProcess, tok
     for f in srv.dir.rglob("*"):
         if f.is_file() and f != cfg.path(cfg.server.tls_key) and b"PRIVATE KEY" in f.read_bytes():
             pytest.fail(f"{f} holds a private key")
+
+
+@pytest.mark.parametrize("key_type", ["ec:P-256", "rsa:3072", "rsa:4096"],
+                         ids=["ok/p256", "ok/rsa3072", "ok/rsa4096"])
+def test_ok_every_key_type_generates_and_signs_in_the_token(srv: ServerProcess, token: dict[str, str],
+                                                            monkeypatch: pytest.MonkeyPatch, key_type: str) -> None:
+    """The key types the issue names beyond those the server above uses (P-384, RSA-2048):
+    generated in the token, then a CA certificate and a CRL signed there verify."""
+    import datetime as dt
+
+    from estkit.ca.create import ca_name, make_ca_certificate
+    from estkit.ca.pkcs11 import Pkcs11Signer
+    from estkit.ca.pkcs11_keys import generate_in_token
+    from estkit.ca.pkcs11_uri import Pkcs11Uri, TokenSettings
+    for k, v in token.items():
+        monkeypatch.setenv(k, v)
+    uri = Pkcs11Uri.parse(f"pkcs11:token={TOKEN};object=kt-{key_type.replace(':', '-')};type=private")
+    settings = TokenSettings(module=MODULE)
+    public = generate_in_token(uri, settings, key_type)
+    signer = Pkcs11Signer(uri, settings, public)
+    cert = make_ca_certificate(ca_name(f"Token {key_type}"), public, signer)
+    cert.verify_directly_issued_by(cert)
+    now = dt.datetime.now(dt.UTC)
+    crl = signer.sign_crl(x509.CertificateRevocationListBuilder().issuer_name(cert.subject)
+                          .last_update(now).next_update(now + dt.timedelta(days=1)))
+    assert crl.is_signature_valid(public)  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ def _bench(tmp_path: Path, *args: str) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("keepalive_gen", ["wrk", "loadgen"], ids=["ok/keepalive-wrk", "ok/keepalive-loadgen"])
+@pytest.mark.parametrize("keepalive_gen", ["wrk"], ids=["ok/keepalive-wrk"])
 def test_quick_bench_end_to_end(tmp_path: Path, keepalive_gen: str) -> None:
     require_tool("openssl", *(["wrk"] if keepalive_gen == "wrk" else []))
     doc = _bench(tmp_path, "--keepalive-gen", keepalive_gen, "--stores", "0,50")
@@ -71,6 +71,19 @@ def test_quick_bench_end_to_end(tmp_path: Path, keepalive_gen: str) -> None:
     names = [t["name"] for t in doc["targets"]]
     assert any("s_server" in n for n in names) and any("store 0 -> 50" in n for n in names)
     assert any("RSS" in n for n in names)
+
+
+def test_quick_bench_keepalive_with_the_python_generator(tmp_path: Path) -> None:
+    """--keepalive-gen loadgen (where wrk is missing): the kept-alive runs only, the rest
+    of the quick run is checked above with wrk (a whole second quick run cost ~20 s of suite)."""
+    require_tool("openssl")
+    doc = _bench(tmp_path, "--keepalive-gen", "loadgen", "--modes", "keepalive", "--stores", "0", "--no-ceiling")
+    (r,) = doc["runs"]
+    assert r["mode"] == "keepalive" and r["generator"].startswith("loadgen"), r
+    for f in RUN_FIELDS:
+        assert f in r, (f, r)
+    assert r["ok"] > 0 and r["errors"] == {} and r["statuses"] == {"200": r["ok"]}, r
+    assert r["server_switches_per_request"] is not None and r["server_switches_per_request"] > 0.5, r
 
 
 def test_bench_against_url(tmp_path: Path) -> None:

@@ -282,3 +282,16 @@ def test_non_confirmable_request_gets_a_non_answer(env: Any) -> None:
         msg.mtype = Type.NON
         r = c.send_raw(msg.encode())
     assert r is not None and r.mtype == Type.NON and r.token == msg.token and r.code == Code.CONTENT
+
+
+def test_access_log_names_who_asked_as_https_does(env: Any) -> None:
+    """One line per EST-coaps request, fields as on HTTPS (server/app.py AccessInfo): an
+    anonymous request (enroll() first reads /csrattrs, `att`) is `-`, the enrollment names
+    the certificate's identity."""
+    srv = env[0]
+    before = len(srv.log())
+    _still_enrolls(env)
+    lines = [ln.split(" coaps ", 1)[1].split() for ln in srv.log()[before:].splitlines() if " coaps " in ln]
+    by_op = {fields[2]: fields for fields in lines}  # PEER IDENTITY OPERATION LABEL CODE TIME
+    assert by_op["csrattrs"][1] == "-", lines
+    assert by_op["simpleenroll"][1] not in ("-", "anonymous") and by_op["simpleenroll"][4] == "2.04", lines

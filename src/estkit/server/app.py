@@ -29,7 +29,7 @@ from estkit.server.health import HEALTHZ, READYZ, Readiness, healthz
 from estkit.server.transport import SUPPORTED_VERSIONS, server_header
 from estkit.server.wire import error_response, text_response
 
-__all__ = ["EstRequest", "Operation", "EstServer"]
+__all__ = ["AccessInfo", "EstRequest", "Operation", "EstServer"]
 
 log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")

@@ -21,7 +21,7 @@ from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, Una
 from estkit.protocol import coaps as k
 from estkit.protocol.pkcs7 import certs_only, parse_certs_only
 from estkit.protocol.request import decode_pkcs10
-from estkit.server.app import EstServer
+from estkit.server.app import AccessInfo, EstServer
 from estkit.server.auth import Presented
 from estkit.server.coap.exchange import CoapReply, CoapRequest
 
@@ -71,7 +71,7 @@ class EstResources:
                 return CoapReply.error(MethodNotAllowed("/.well-known/core takes GET", allowed=("GET",)))
             return CoapReply(Code.CONTENT, link_format(req.query), k.CF_LINK_FORMAT)
         start = time.perf_counter()
-        info = {"op": "-", "label": "", "identity": "anonymous"}
+        info = AccessInfo()
         try:
             reply = await self._operation(req, info)
             status = 200
@@ -79,13 +79,13 @@ class EstResources:
             reply, status = CoapReply.error(exc), exc.status
         elapsed = time.perf_counter() - start
         if self.server.access_log:
-            access.info("coaps %s %s %s %s %s %.1fms", req.session.peer_str, info["identity"], info["op"],
-                        info["label"] or "-", reply.code.dotted, elapsed * 1000)
-        if self.server.on_request is not None and info["op"] != "-":
-            self.server.on_request(info["op"], info["label"], status, elapsed)
+            access.info("coaps %s %s %s %s %s %.1fms", req.session.peer_str, info.identity, info.op,
+                        info.label or "-", reply.code.dotted, elapsed * 1000)
+        if self.server.on_request is not None and info.op != "-":
+            self.server.on_request(info.op, info.label, status, elapsed)
         return reply
 
-    async def _operation(self, req: CoapRequest, info: dict[str, str]) -> CoapReply:
+    async def _operation(self, req: CoapRequest, info: AccessInfo) -> CoapReply:
         if req.path[:2] != EST_ROOT or len(req.path) not in (3, 4):
             raise NotFound("no such EST-coaps resource: /.well-known/est/[label/]crts|sen|sren|skg|skc|att")
         label = req.path[2] if len(req.path) == 4 else None
@@ -94,7 +94,7 @@ class EstResources:
         op = k.OP_BY_SHORT.get(req.path[-1])
         if op is None:
             raise NotFound(f"unknown EST-coaps resource {req.path[-1][:32]!r}")
-        info["op"], info["label"] = op.operation, label or ""
+        info.op, info.label = op.operation, label or ""
         self.server.ca.profile(label)  # 4.04 for an unknown label
         if req.method != op.method:
             raise MethodNotAllowed(f"{op.short} takes {op.method.name}, not {req.method.name}",
@@ -145,7 +145,7 @@ class EstResources:
         body = k.encode_multipart_core([(key_ct, result.key_der), (k.CF_CERTS_ONLY, certs_only([result.certificate]))])
         return CoapReply(op.success, body, k.CF_MULTIPART_CORE)
 
-    async def _as_client(self, req: CoapRequest, label: str | None, info: dict[str, str],
+    async def _as_client(self, req: CoapRequest, label: str | None, info: AccessInfo,
                          fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args, ctx)`` in a worker thread, as the DTLS client certificate
         (RFC 9148 §3: EST-coaps authenticates the client in the handshake)."""
@@ -157,7 +157,7 @@ class EstResources:
 
         def job() -> Any:
             ctx = self.server.auth.context_blocking(presented, require=True)
-            info["identity"] = str(ctx.identity)
+            info.identity = str(ctx.identity)
             return fn(*args, ctx)
 
         return await self.server.run_ca(job)

@@ -32,13 +32,11 @@ NODES = 3
 
 
 def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (base / name).exists():
-            return str(base / name)
-    raise SystemExit(f"{name} not found (PostgreSQL)")
+    from estkit.cli.clusterdemo import find_program
+    found = find_program(name)
+    if found is None:
+        raise SystemExit(f"{name} not found (PostgreSQL)")
+    return found
 
 
 class Postgres:

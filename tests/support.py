@@ -236,13 +236,8 @@ def basic(user: str, password: str) -> str:
 
 
 def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (base / name).exists():
-            return str(base / name)
-    return None
+    from estkit.cli.clusterdemo import find_program
+    return find_program(name)
 
 
 @contextmanager

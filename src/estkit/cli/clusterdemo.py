@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["cluster_demo", "register"]
+__all__ = ["cluster_demo", "register", "find_program"]
 
 DEMO_USER = "demo"
 
@@ -31,14 +31,23 @@ class DemoError(click.ClickException):
     """A step of the demo failed; the message says which."""
 
 
-def _which(name: str) -> str:
+def find_program(name: str) -> str | None:
+    """A program on PATH, or PostgreSQL's (Debian keeps initdb and pg_ctl in
+    /usr/lib/postgresql/VERSION/bin, off PATH: the newest version wins)."""
     found = shutil.which(name)
     if found:
         return found
     for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (base / name).exists():
             return str(base / name)
-    raise DemoError(f"{name} not found: install it (Debian: apt-get install postgresql haproxy)")
+    return None
+
+
+def _which(name: str) -> str:
+    found = find_program(name)
+    if found is None:
+        raise DemoError(f"{name} not found: install it (Debian: apt-get install postgresql haproxy)")
+    return found
 
 
 def _free_port() -> int:

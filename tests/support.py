@@ -361,3 +361,25 @@ def enroll(srv: ServerProcess, directory: Path, cn: str, *, user: str, password:
     assert r.status == 200, r.body
     cert = parse_certs_only(base64.b64decode(r.body))[0]
     return Enrolled(cert, key, *write_credentials(directory, cn, key, cert))
+
+
+class ApproveOnPending:
+    """An ``on_pending`` callback for EstClient: records each wait, and the first
+    one's request is approved by the operator's CLI in a thread (``approvals``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.waits: list[Any] = []  # PendingWait
+        self.approvals: list[Any] = []  # threading.Thread
+
+    def __call__(self, wait: Any) -> None:
+        import re
+        import threading
+        self.waits.append(wait)
+        if not self.approvals:
+            rid = re.search(r"request (\d+)", wait.reason)
+            assert rid is not None, wait.reason
+            t = threading.Thread(target=estkit, args=("requests", "approve", rid.group(1), "--dir",
+                                                      str(self.directory)))
+            t.start()
+            self.approvals.append(t)

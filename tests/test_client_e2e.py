@@ -6,8 +6,6 @@ renew and revoke.  Results checked with ``openssl verify`` and ``openssl pkey``.
 
 from __future__ import annotations
 
-import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +14,9 @@ import pytest
 from client_pki import pem, write_pair
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from support import ServerProcess, estkit, require_tool, run, server
+from support import ApproveOnPending, ServerProcess, estkit, require_tool, run, server
 
-from estkit.client import (BasicAuth, ClientCertificate, CsrSpec, EstClient, PendingWait, TrustError,
+from estkit.client import (BasicAuth, ClientCertificate, CsrSpec, EstClient, TrustError,
                            confirm_fingerprint, sha256_fingerprint)
 from estkit.errors import BadRequest, Forbidden, NotFound, Pending, Unauthorized
 from estkit.protocol.keys import generate_key, key_type_of
@@ -197,17 +195,8 @@ def test_pending_then_approved(srv: ServerProcess, tmp_path: Path, link: bool) -
     """RFC 7030 §4.2.3: 202 with Retry-After; an operator approves meanwhile;
     the client's resend of the same request gets the certificate.  A linked
     CSR is re-signed for every connection (§3.5) and still finds its request."""
-    waits: list[PendingWait] = []
-    approvals: list[threading.Thread] = []
-
-    def on_pending(w: PendingWait) -> None:
-        waits.append(w)
-        if not approvals:
-            rid = re.search(r"request (\d+)", w.reason)
-            assert rid is not None, w.reason
-            t = threading.Thread(target=estkit, args=("requests", "approve", rid.group(1), "--dir", str(srv.dir)))
-            t.start()
-            approvals.append(t)
+    on_pending = ApproveOnPending(srv.dir)
+    waits, approvals = on_pending.waits, on_pending.approvals
 
     before = len(_requests(srv))
     client = _client(srv, label="held", auth=BasicAuth(USER, PW), pending_retries=20, on_pending=on_pending)

@@ -5,9 +5,7 @@ estkit's own client, every certificate checked with ``openssl verify``."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
@@ -21,11 +19,11 @@ from coap_support import (COAP_CLIENT, Device, RawCoap, coap_client, coap_server
                           request_all)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from support import VENV_BIN, ServerProcess, estkit, require_tool, run
+from support import ApproveOnPending, VENV_BIN, ServerProcess, require_tool, run
 
 from estkit.ca.create import make_tls_certificate
 from estkit.ca.signer import load_signer
-from estkit.client import EstClient, PendingWait
+from estkit.client import EstClient
 from estkit.client.dtls import DtlsConnection
 from estkit.client.errors import NetworkError
 from estkit.errors import BadRequest, Forbidden, Unauthorized
@@ -222,17 +220,8 @@ def test_pending_5_03_max_age_then_approved(env: Any) -> None:
     """RFC 9148 §5: manual approval is 5.03 with Max-Age; the client asks
     again and gets the certificate once an operator approved."""
     srv = env[0]
-    waits: list[PendingWait] = []
-    approvals: list[threading.Thread] = []
-
-    def on_pending(w: PendingWait) -> None:
-        waits.append(w)
-        if not approvals:
-            rid = re.search(r"request (\d+)", w.reason)
-            assert rid is not None, w.reason
-            t = threading.Thread(target=estkit, args=("requests", "approve", rid.group(1), "--dir", str(srv.dir)))
-            t.start()
-            approvals.append(t)
+    on_pending = ApproveOnPending(srv.dir)
+    waits, approvals = on_pending.waits, on_pending.approvals
 
     client = EstClient(coaps_url(env[1]), trust=srv.ca_pem, client_cert=env[2].client_cert, label="held",
                        pending_retries=20, on_pending=on_pending)

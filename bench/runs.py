@@ -107,7 +107,7 @@ def measure(t: Target, mode: str, concurrency: int, a: argparse.Namespace, csrs:
 
 def warm_logins(t: Target, csrs: Path, workers: int) -> None:
     """Enroll for a few seconds before measuring, so every worker has verified the
-    password once: the first verification is a scrypt at N=2^17 (128 MiB, 0.4 s or
+    password once: the first verification is a scrypt (N=2^14, p=5: 16 MiB, 0.2 s or
     more on a busy machine), then remembered for five minutes (estkit.ca.passwords)."""
     if t.user:
         run_loadgen(t, mode="new", method="POST", path=t.base + "/simpleenroll", bodies=csrs,
@@ -152,13 +152,15 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 class Server:
     """A real ``estkit serve`` on 127.0.0.1 with a given number of workers."""
 
-    def __init__(self, directory: Path, workers: int) -> None:
+    def __init__(self, directory: Path, workers: int, design: str = "") -> None:
+        """``design``: a prototype front end of bench/frontends.py instead of estkit serve."""
         self.dir = directory
         self.port = ceiling.free_port()
-        self.log = open(directory / "serve.log", "ab")
-        self.proc = subprocess.Popen([ESTKIT, "serve", "--dir", str(directory), "--listen", f"127.0.0.1:{self.port}",
-                                      "--workers", str(workers)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.log = open(directory / f"serve{'-' + design if design else ''}.log", "ab")
+        listen = ["--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)]
+        cmd = ([sys.executable, str(HERE / "frontends.py"), "--dir", str(directory), "--design", design, *listen]
+               if design else [ESTKIT, "serve", "--dir", str(directory), *listen])
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         ceiling.wait_port(self.port, proc=self.proc)
         deadline = time.monotonic() + 10
         while len(procstat.tree(self.proc.pid)) < (workers + 1 if workers > 1 else 1) and time.monotonic() < deadline:

@@ -224,8 +224,9 @@ def _stored_hash(srv: ServerProcess, name: str) -> str:
 
 
 def test_new_hashes_use_owasp_parameters(srv: ServerProcess) -> None:
+    from estkit.ca.passwords import OWASP_EQUIVALENT, ScryptParams
     n, r, p = (int(x) for x in _stored_hash(srv, "alice").split("$")[1:4])
-    assert n >= 2**17 and r >= 8 and p >= 1
+    assert ScryptParams(n, r, p) in OWASP_EQUIVALENT
 
 
 def test_old_hash_verifies_and_is_upgraded_on_login(srv: ServerProcess) -> None:
@@ -243,7 +244,7 @@ def test_old_hash_verifies_and_is_upgraded_on_login(srv: ServerProcess) -> None:
     b = c.post("simpleenroll", csr_body("bob"), user=("bob", "pw-bob"))
     c.close()
     assert a.status == 200 and b.status == 200, (a, b)
-    assert _stored_hash(srv, "bob").startswith("scrypt$131072$8$1$")
+    assert _stored_hash(srv, "bob").startswith("scrypt$16384$8$5$")
 
 
 # -- item 5: failed authentication is audited, aggregated ---------------------------------------------

@@ -64,7 +64,7 @@ class ServerConfig:
     # and a user name, may make a minute before 429 (estkit.server.throttle); 0: no limit.
     auth_address_failures_per_minute: int = 10
     auth_user_failures_per_minute: int = 30
-    # Password verifications (scrypt, 128 MiB each) at once per worker; 0: cores / workers, at least 1.
+    # Password verifications (scrypt, 16 MiB each) at once per worker; 0: cores / workers, at least 1.
     auth_max_parallel: int = 0
     # The server's own TLS certificate (estkit.ca.server_cert): renewed from its CA, when a CA of
     # this estkit issued it, once less than this many days are left (0: never); each worker looks

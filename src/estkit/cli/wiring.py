@@ -61,7 +61,7 @@ def build_store(config: Config) -> SqlStore:
 
 def password_verifier(config: Config, workers: int = 1) -> VerifyCache:
     """The password checks of one worker: ``server.auth_max_parallel`` scrypts at
-    once (0: the cores shared among the workers), each holding 128 MiB."""
+    once (0: the cores shared among the workers), each holding 16 MiB."""
     n = config.server.auth_max_parallel or max(1, (os.cpu_count() or 1) // max(1, workers))
     return VerifyCache(max_parallel=n)
 

@@ -185,7 +185,7 @@ class Authenticator:
         if p.basic is not None:
             # Credentials this process verified lately are a known device's: not
             # counted.  Others take their tokens now, so that a burst of guesses
-            # cannot start more verifications (128 MiB, 0.4 s each) than the limit.
+            # cannot start more verifications (16 MiB, 0.2-0.4 s each) than the limit.
             p.reserved = not self.ca.recently_verified(*p.basic)
             self.check_password_attempt(p.peer, p.basic[0], label, reserve=p.reserved)
         return p

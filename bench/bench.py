@@ -120,6 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true", help="only the cluster: 1, 2 and 3 nodes behind HAProxy on "
                    "PostgreSQL, both deploy/haproxy modes, new connection and keep-alive, beside one SQLite node "
                    "(bench/cluster.py)")
+    p.add_argument("--designs", default="", help="only the front-end prototypes of issue 17: a comma list of "
+                   "aiohttp (estkit serve), lean, lean-inline, threads (bench/frontends.py), P-256, empty store, "
+                   "in turns (bench/designs.py)")
     p.add_argument("--cluster-concurrency", type=int, default=8, help="with --cluster: concurrent clients")
     a = p.parse_args(argv)
     defaults = QUICK if a.quick else FULL
@@ -181,6 +184,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         if a.attack:
             from attack import run_attack
             run_attack(a, result, csrs, work)
+        elif a.designs:
+            from designs import run_designs
+            run_designs(a, result, csrs, work)
         elif a.url:
             _run_external(a, result, modes, csrs, work, out)
         else:
@@ -235,7 +241,8 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
                 m = result["micro"][key]
                 token = f"  token alone {m['token_sign_per_s']:8.0f} signatures/s" if "token_sign_per_s" in m else ""
                 print(f"  micro     {key:8s} CSR verify {m['csr_verify_per_s']:8.0f}/s  cert sign "
-                      f"{m['cert_sign_per_s']:8.0f}/s  (one core){token}", flush=True)
+                      f"{m['cert_sign_per_s']:8.0f}/s  CA's own {m['ca_enroll_ms']:.2f} ms/enrollment  (one core){token}",
+                      flush=True)
             if not ceiling_done:  # the TLS key is P-256 whatever the CA key: one s_server ceiling per run
                 _ceiling(a, result, d / "tls/server.pem", d / "tls/server.key", csrs, "tls-p256")
                 ceiling_done = True

@@ -92,11 +92,54 @@ def crypto_micro(ca_dir: Path, csr_file: Path, seconds: float = 1.0) -> dict[str
     s = _rate(sign, seconds)
     out = {"csr_verify_per_s": v, "cert_sign_per_s": s, "crypto_ms_per_enroll": 1000 / v + 1000 / s,
            "crypto_enroll_per_s_per_core": 1 / (1 / v + 1 / s)}
+    out["ca_enroll_ms"] = ca_enroll_ms(ca_dir, csrs, seconds)
     if token_signer is not None:
         # The token alone: raw signatures per second over one session (what C_Sign costs),
         # in this process as one worker would make them.
         out["token_sign_per_s"] = _rate(lambda: token_signer.sign_data(b"estkit bench payload"), seconds)
     return out
+
+
+def ca_enroll_ms(ca_dir: Path, csrs: list[bytes], seconds: float = 1.0) -> float:
+    """The CA's own cost of one enrollment, one thread, CPU ms (issue 17's
+    yardstick for kept-alive enrollments): what an ``estkit serve`` worker does
+    between reading the body and writing the response, without HTTP or TLS --
+    HTTP Basic with the password already verified (the cache), the PKCS#10
+    decoded and checked, the policy sequence, the signature, the certificate
+    and its audit row committed (fsync included), the certs-only answer.  On a
+    copy of the directory, so the measured server's store is not touched."""
+    import os
+    import tempfile
+
+    from estkit.ca.identity import RequestContext
+    from estkit.cli.common import config_for
+    from estkit.cli.wiring import build_authority, build_store
+    from estkit.protocol.framing import encode_b64
+    from estkit.protocol.pkcs7 import certs_only
+    from estkit.protocol.request import decode_pkcs10
+
+    from fixture import BENCH_PASSWORD, BENCH_USER
+    copy = Path(tempfile.mkdtemp(prefix="ca-micro-", dir=ca_dir.parent)) / "d"
+    shutil.copytree(ca_dir, copy)
+    store = build_store(config_for(str(copy)))
+    ca = build_authority(config_for(str(copy)), store)
+    i = [0]
+
+    def enroll() -> None:
+        i[0] += 1
+        ctx = RequestContext(identity=ca.authenticate_user(BENCH_USER, BENCH_PASSWORD), peer="127.0.0.1:1")
+        cert = ca.simpleenroll(None, decode_pkcs10(csrs[i[0] % len(csrs)]), ctx)
+        encode_b64(certs_only([cert]))
+
+    enroll()  # the one scrypt, remembered from here on as in a worker
+    t0, n, cpu0 = time.perf_counter(), 0, os.times()
+    while time.perf_counter() - t0 < seconds:
+        enroll()
+        n += 1
+    cpu1 = os.times()
+    store.close()
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    return ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / n * 1000
 
 
 def _token_signer(ca_dir: Path, ca: x509.Certificate) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import ceiling
 import fixture
-from runs import Server, Target, measure, medians, run_loadgen, warm_logins
+from runs import Server, Target, measure, medians, profile_run, run_loadgen, warm_logins
 
 __all__ = ["run_designs"]
 
@@ -61,6 +61,15 @@ def run_designs(a: argparse.Namespace, result: dict[str, Any], csrs: Path, work:
                         print(f"  {mode:9s} {name:12s} c={c:<3} {r['rate_per_s']:8.1f}/s  p99 {r['p99_ms']:6.1f} ms  "
                               f"cpu {r['server_cpu_ms_per_request'] or 0:.2f} ms/req  "
                               f"cs {r['server_switches_per_request'] or 0:.1f}/req{ratio}", flush=True)
+            for name, srv in servers.items():
+                for mode in modes if a.profile else []:
+                    prof = profile_run(targets[name], srv, mode, 8, a, csrs, work, Path(a.out), f"{mode}-{name}")
+                    if prof:
+                        prof.update(key="p256", store_rows=0, design=name)
+                        result["profiles"].append(prof)
+                        split = ", ".join(f"{k} {v:.2f}" for k, v in prof["cpu_ms_per_request"].items())
+                        print(f"  profile   {mode:9s} {name:12s} CPU ms/request by thread: {split}; "
+                              f"{prof['file']}", flush=True)
             for name, srv in servers.items():
                 result["rss_mb"].append({"key": "p256", "store_rows": 0, "design": name, "peak": srv.rss()})
     finally:

@@ -67,6 +67,10 @@ def test_quick_bench_end_to_end(tmp_path: Path, keepalive_gen: str) -> None:
     assert ceiling["server"] == "openssl s_server -www" and ceiling["sessions_reused"] == 0 and ceiling["ok"] > 0
     micro = doc["micro"]["p256"]
     assert micro["csr_verify_per_s"] > 0 and micro["cert_sign_per_s"] > 0
+    # the CA's own one-thread cost, and the keep-alive target read against it (issue 17)
+    assert micro["ca_enroll_ms"] > 0
+    ka = next(t for t in doc["targets"] if t["name"].startswith("keep-alive, 8 clients, p256, store 0:"))
+    assert f"the CA's {micro['ca_enroll_ms']:.2f} ms" in ka["value"], ka
     assert all(v > 0 for e in doc["rss_mb"] for v in e["peak"].values())
     names = [t["name"] for t in doc["targets"]]
     assert any("s_server" in n for n in names) and any("store 0 -> 50" in n for n in names)

@@ -120,9 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true", help="only the cluster: 1, 2 and 3 nodes behind HAProxy on "
                    "PostgreSQL, both deploy/haproxy modes, new connection and keep-alive, beside one SQLite node "
                    "(bench/cluster.py)")
-    p.add_argument("--designs", default="", help="only the front-end prototypes of issue 17: a comma list of "
-                   "aiohttp (estkit serve), lean, lean-inline, threads (bench/frontends.py), P-256, empty store, "
-                   "in turns (bench/designs.py)")
+    p.add_argument("--designs", default="", help="only the front-end comparison of issue 17: a comma list of "
+                   "serve (this estkit serve), serve@DIR (estkit serve from the checkout DIR, e.g. an older "
+                   "commit's worktree), lean, lean-inline, threads (prototypes, bench/frontends.py); P-256, "
+                   "empty store, in turns (bench/designs.py)")
     p.add_argument("--cluster-concurrency", type=int, default=8, help="with --cluster: concurrent clients")
     a = p.parse_args(argv)
     defaults = QUICK if a.quick else FULL

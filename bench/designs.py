@@ -31,7 +31,7 @@ def run_designs(a: argparse.Namespace, result: dict[str, Any], csrs: Path, work:
         with ceiling.s_server(d / "tls/server.pem", d / "tls/server.key") as (sport, sproc):
             ceil_t = Target("127.0.0.1", sport, "", "", server_pid=sproc.pid)
             for name in designs:
-                servers[name] = Server(d, a.workers, design="" if name == "aiohttp" else name)
+                servers[name] = Server(d, a.workers, design="" if name == "serve" else name)
             targets = {name: Target("127.0.0.1", srv.port, "/.well-known/est", str(d / "ca.pem"),
                                     user=f"{fixture.BENCH_USER}:{fixture.BENCH_PASSWORD}", server_pid=srv.proc.pid)
                        for name, srv in servers.items()}

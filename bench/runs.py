@@ -156,11 +156,19 @@ class Server:
         """``design``: a prototype front end of bench/frontends.py instead of estkit serve."""
         self.dir = directory
         self.port = ceiling.free_port()
-        self.log = open(directory / f"serve{'-' + design if design else ''}.log", "ab")
+        self.log = open(directory / f"serve{'-' + design.replace('/', '_') if design else ''}.log", "ab")
         listen = ["--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)]
-        cmd = ([sys.executable, str(HERE / "frontends.py"), "--dir", str(directory), "--design", design, *listen]
-               if design else [ESTKIT, "serve", "--dir", str(directory), *listen])
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = None
+        if design.startswith("serve@"):
+            # estkit serve from another checkout's src (an older commit's worktree), for before/after runs
+            env = {**os.environ, "PYTHONPATH": str(Path(design[len("serve@"):]) / "src")}
+            cmd = [sys.executable, "-c", "from estkit.cli.main import main; main()", "serve", "--dir", str(directory),
+                   *listen]
+        elif design:
+            cmd = [sys.executable, str(HERE / "frontends.py"), "--dir", str(directory), "--design", design, *listen]
+        else:
+            cmd = [ESTKIT, "serve", "--dir", str(directory), *listen]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         ceiling.wait_port(self.port, proc=self.proc)
         deadline = time.monotonic() + 10
         while len(procstat.tree(self.proc.pid)) < (workers + 1 if workers > 1 else 1) and time.monotonic() < deadline:

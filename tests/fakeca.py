@@ -137,9 +137,11 @@ def fake_server(tmp: Path) -> Iterator[tuple[int, ssl.SSLContext, FakeCA]]:
     async def run() -> None:
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        await EstSite(runner, sock, ssl_context=ctx, limits=Limits()).start()
+        site = EstSite(server, sock, ssl_context=ctx, limits=Limits())
+        await site.start()
         started.set()
         await stop.wait()
+        await site.stop()
         await runner.cleanup()
 
     def main() -> None:

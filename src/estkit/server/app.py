@@ -1,9 +1,11 @@
-"""Routes, dispatch and the error and access-log middleware.
+"""Routes, dispatch and the error and access-log handling of every request.
 
 Every operation is reachable as ``/.well-known/est/<op>`` and
 ``/.well-known/est/<label>/<op>`` (RFC 7030 §3.2.2).  Handlers are thin:
 decode, one call into the CA (in a worker thread: it signs and writes the
-store), encode.
+store), encode.  They see an :class:`~estkit.server.http.HttpRequest`, not a
+transport: the TLS listener speaks HTTP/1.1 itself (server/h1.py), the
+plain-HTTP proxy listener through aiohttp (:meth:`EstServer.app`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, RequestContext
@@ -24,12 +27,13 @@ from estkit.errors import (BadRequest, EstError, MethodNotAllowed, NotFound, Pay
 from estkit.protocol import constants as c
 from estkit.protocol.framing import decode_b64, media_type
 from estkit.server import drain
-from estkit.server.auth import Authenticator, Presented, peer_of
+from estkit.server.auth import CLIENT_PEER, FORWARDED_TLS, Authenticator, Presented
 from estkit.server.health import HEALTHZ, READYZ, Readiness, healthz
-from estkit.server.transport import SUPPORTED_VERSIONS, server_header
+from estkit.server.http import SUPPORTED_VERSIONS, HttpRequest, HttpResponse, TlsFacts
+from estkit.server.transport import server_header
 from estkit.server.wire import error_response, text_response
 
-__all__ = ["AccessInfo", "EstRequest", "Operation", "EstServer"]
+__all__ = ["AccessInfo", "EstRequest", "Operation", "EstServer", "EST_SERVER"]
 
 log = logging.getLogger("estkit.server")
 access = logging.getLogger("estkit.access")
@@ -46,7 +50,6 @@ class AccessInfo:
     identity: str = str(ANONYMOUS)
 
 
-_INFO = web.RequestKey("estkit.info", AccessInfo)
 # Seconds a 429 is held before it is sent: a closed-loop guesser then costs a
 # handshake a second, not hundreds (it holds one idle connection meanwhile).
 THROTTLE_PAUSE = 1.0
@@ -57,17 +60,18 @@ class EstRequest:
     """A routed EST request: the label (None: default), the operation, the
     authenticated context (after auth) and the decoded body (for POSTs)."""
 
-    http: web.Request
+    http: HttpRequest
     label: str | None
     operation: str
     ctx: RequestContext
+    info: AccessInfo
     der: bytes = b""
     # Credentials still to be checked against the store (see run_authenticated);
     # until then ``ctx`` is anonymous.
     presented: Presented | None = None
 
 
-Handler = Callable[["EstServer", EstRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[["EstServer", EstRequest], Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,13 @@ class Operation:
     require_auth: bool = False
 
 
+# The EstServer behind an aiohttp application (server/run.py serves its TLS
+# listener with server/h1.py rather than with aiohttp).
+EST_SERVER: web.AppKey[EstServer] = web.AppKey("estkit.est_server")
+
+
 class EstServer:
-    """The aiohttp application around the CA (any EstAuthority)."""
+    """The EST application around the CA (any EstAuthority)."""
 
     def __init__(self, ca: EstAuthority, *, realm: str = "estkit", max_body: int = 65536,
                  access_log: bool = True, body_timeout: float = 30.0, readiness: Readiness | None = None) -> None:
@@ -119,7 +128,7 @@ class EstServer:
         presented = req.presented
         if presented is None:
             return await self.run_ca(fn, *args, req.ctx)
-        info = req.http[_INFO]
+        info = req.info
 
         def job() -> Any:
             ctx = self.auth.context_blocking(presented, require=True)
@@ -128,33 +137,71 @@ class EstServer:
 
         return await self.run_ca(job)
 
-    def app(self) -> web.Application:
-        """The aiohttp application."""
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._middleware])
-        app.on_response_prepare.append(server_header)
-        app.on_startup.append(self.auth.on_startup)  # failed authentications to the audit trail
-        app.on_cleanup.append(self.auth.on_cleanup)
-        # Probes for load balancers (estkit.server.health), outside /.well-known/est.
-        app.router.add_get(HEALTHZ, self._probe(healthz, "healthz"))
-        if self.readiness is not None:
-            app.router.add_get(READYZ, self._probe(self.readiness.readyz, "readyz"))
-        app.router.add_route("*", c.WELL_KNOWN + "/{tail:.*}", self._dispatch)
-        # Alias for clients that cannot put a CA label after /.well-known/est
-        # (strongSwan 5.9.8's pki has no --label; it appends the path to --url).
-        app.router.add_route("*", "/{prefix}" + c.WELL_KNOWN + "/{tail:[^/]+}", self._dispatch)
-        return app
+    async def read_body(self, req: HttpRequest) -> bytes:
+        """The request's body, within ``body_timeout`` (408 otherwise)."""
+        try:
+            return await asyncio.wait_for(req.read_body(), self.body_timeout)
+        except TimeoutError:
+            raise EstError("request body not received in time", status=408) from None
 
-    @staticmethod
-    def _probe(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-               name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def probe(request: web.Request) -> web.StreamResponse:
-            request[_INFO].op = name
-            return await handler(request)
-        return probe
+    # -- one request -------------------------------------------------------------
 
-    # -- dispatch ----------------------------------------------------------------
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one request: route, authenticate, run the operation; every
+        estkit error becomes its status and one line; the access log and the
+        metrics hear of it."""
+        start = time.perf_counter()
+        info = AccessInfo()
+        try:
+            if request.version not in SUPPORTED_VERSIONS:
+                # RFC 9110 §15.6.6: EST is HTTP/1.1 (RFC 7030 §3.2); 0.9 or 2.0 on an
+                # HTTP/1.x connection is refused, not answered as if it were 1.1.
+                raise EstError("HTTP version not supported: use HTTP/1.1", status=505)
+            resp = await self._route(request, info)
+        except EstError as exc:
+            if isinstance(exc, TooManyRequests):  # a guesser ignoring Retry-After must not spin on refusals
+                await asyncio.sleep(min(THROTTLE_PAUSE, exc.retry_after or 0))
+            resp = error_response(exc, self.realm)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            resp = text_response(500, "internal server error")
+        if resp.status in (413, 505) or drain.STATE.draining:
+            # Draining (server/drain.py): the client's next request goes, through
+            # the balancer, to a node that is not stopping.
+            # The rest of an oversized body is not read, and a 505 peer speaks
+            # something else: close rather than parse what follows.
+            resp.close = True
+        elapsed = time.perf_counter() - start
+        if self.access_log:
+            access.info("%s %s %s %s %d %.1fms", request.peer, info.identity, info.op,
+                        info.label or "-", resp.status, elapsed * 1000)
+        if self.on_request is not None:
+            self.on_request(info.op, info.label, resp.status, elapsed)
+        return resp
 
-    def _route(self, tail: str) -> tuple[str | None, str]:
+    async def _route(self, request: HttpRequest, info: AccessInfo) -> HttpResponse:
+        path = request.path
+        if path == HEALTHZ or (path == READYZ and self.readiness is not None):
+            # Probes for load balancers (estkit.server.health), outside /.well-known/est.
+            info.op = path[1:]
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{path} takes GET, not {request.method}", allowed=("GET", "HEAD"))
+            return await (healthz() if path == HEALTHZ else self.readiness.readyz())  # type: ignore[union-attr]
+        if path.startswith(c.WELL_KNOWN + "/"):
+            tail = path[len(c.WELL_KNOWN) + 1:]
+        else:
+            # Alias for clients that cannot put a CA label after /.well-known/est
+            # (strongSwan 5.9.8's pki has no --label; it appends the path to --url):
+            # /<label>/.well-known/est/<op>.
+            prefix, sep, rest = path[1:].partition(c.WELL_KNOWN + "/")
+            if not sep or not prefix or "/" in prefix or not rest or "/" in rest:
+                raise NotFound("not found")
+            tail = prefix + "/" + rest
+        return await self._dispatch(request, tail, info)
+
+    def _split(self, tail: str) -> tuple[str | None, str]:
         parts = tail.split("/")
         if parts and parts[-1] == "":
             parts.pop()
@@ -166,12 +213,8 @@ class EstServer:
             return parts[0], parts[1]
         raise NotFound("no such EST path")
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        tail = request.match_info["tail"]
-        if "prefix" in request.match_info:
-            tail = request.match_info["prefix"] + "/" + tail
-        label, opname = self._route(tail)
-        info = request[_INFO]
+    async def _dispatch(self, request: HttpRequest, tail: str, info: AccessInfo) -> HttpResponse:
+        label, opname = self._split(tail)
         info.op, info.label = opname, label or ""
         op = self.operations.get(opname)
         if op is None:
@@ -179,12 +222,13 @@ class EstServer:
         self.ca.profile(label)  # 404 for an unknown label
         if request.method != op.method:
             raise MethodNotAllowed(f"{opname} takes {op.method}, not {request.method}", allowed=(op.method,))
-        if request.content_length is not None and request.content_length > self.max_body:
+        length = request.content_length
+        if length is not None and length > self.max_body:
             raise PayloadTooLarge(f"request body over {self.max_body} bytes")
         # Authenticate before looking at what an unknown peer sent; when only
         # the store can tell (a password, a client certificate), that happens
         # in the operation's worker thread (run_authenticated), before it acts.
-        ctx = RequestContext(peer=peer_of(request))
+        ctx = RequestContext(peer=request.peer)
         presented: Presented | None = None
         if op.require_auth:
             presented = self.auth.presented(request, label)
@@ -198,53 +242,55 @@ class EstServer:
             if mt not in op.content_types:
                 raise UnsupportedMediaType(f"{opname} takes {' or '.join(op.content_types)}, not {mt or 'nothing'}")
             # RFC 8951 §3: base64 whatever Content-Transfer-Encoding says.
+            der = decode_b64(await self.read_body(request), "request body")
+        return await op.handler(self, EstRequest(request, label, opname, ctx, info, der, presented))
+
+    # -- the aiohttp application (the plain-HTTP proxy listener) -----------------
+
+    def app(self) -> web.Application:
+        """An aiohttp application answering every path through :meth:`handle`
+        (server/proxied.py puts its guard in front).  Its startup and cleanup
+        hooks are the worker's, whichever protocol serves the TLS listener."""
+        app = web.Application(client_max_size=self.max_body)
+        app[EST_SERVER] = self
+        app.on_response_prepare.append(server_header)
+        app.on_startup.append(self.auth.on_startup)  # failed authentications to the audit trail
+        app.on_cleanup.append(self.auth.on_cleanup)
+        app.router.add_route("*", "/{tail:.*}", self._aiohttp)
+        return app
+
+    async def _aiohttp(self, request: web.Request) -> web.StreamResponse:
+        fwd: TlsFacts | None = request.get(FORWARDED_TLS)
+        sslobj = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
+        tls = fwd if fwd is not None and fwd.version is not None else None
+        if sslobj is not None:
+            tls = TlsFacts(sslobj.version(), sslobj.get_channel_binding("tls-unique"),
+                           sslobj.getpeercert(binary_form=True) or None)
+
+        async def read_body() -> bytes:
             try:
-                body = await asyncio.wait_for(request.read(), self.body_timeout)
-            except TimeoutError:
-                raise EstError("request body not received in time", status=408) from None
+                return await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise PayloadTooLarge(f"request body over {self.max_body} bytes") from None
             except web.RequestPayloadError:
                 raise BadRequest("malformed request body framing") from None
-            der = decode_b64(body, "request body")
-        return await op.handler(self, EstRequest(request, label, opname, ctx, der, presented))
 
-    @web.middleware
-    async def _middleware(self, request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        start = time.perf_counter()
-        started = getattr(request.protocol, "request_started", None)
-        if started is not None:
-            started()  # the header is complete: no header timeout from here (server/transport.py)
-        info = AccessInfo()
-        request[_INFO] = info
-        try:
-            if request.version not in SUPPORTED_VERSIONS:
-                # RFC 9110 §15.6.6: EST is HTTP/1.1 (RFC 7030 §3.2); 0.9 or 2.0 on an
-                # HTTP/1.x connection is refused, not answered as if it were 1.1.
-                raise EstError("HTTP version not supported: use HTTP/1.1", status=505)
-            resp = await handler(request)
-        except EstError as exc:
-            if isinstance(exc, TooManyRequests):  # a guesser ignoring Retry-After must not spin on refusals
-                await asyncio.sleep(min(THROTTLE_PAUSE, exc.retry_after or 0))
-            resp = error_response(exc, self.realm)
-        except web.HTTPRequestEntityTooLarge:
-            resp = error_response(PayloadTooLarge(f"request body over {self.max_body} bytes"), self.realm)
-        except web.HTTPException as exc:
-            resp = text_response(exc.status, exc.reason)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
-            resp = text_response(500, "internal server error")
-        if resp.status in (413, 505) or drain.STATE.draining:
-            # Draining (server/drain.py): the client's next request goes, through
-            # the balancer, to a node that is not stopping.
-            # The rest of an oversized body is not read, and a 505 peer speaks
-            # something else: close rather than parse what follows.
-            resp.force_close()
-        elapsed = time.perf_counter() - start
-        if self.access_log:
-            access.info("%s %s %s %s %d %.1fms", peer_of(request), info.identity, info.op,
-                        info.label or "-", resp.status, elapsed * 1000)
-        if self.on_request is not None:
-            self.on_request(info.op, info.label, resp.status, elapsed)
-        return resp
+        req = HttpRequest(method=request.method, target=request.raw_path, path=request.path,
+                          version=(request.version.major, request.version.minor),
+                          headers=request.headers, peer=_peer(request), tls=tls, read_body=read_body)
+        resp = await self.handle(req)
+        out = web.Response(status=resp.status, body=resp.body, headers=CIMultiDict(resp.headers))
+        if resp.close:
+            out.force_close()
+        return out
+
+
+def _peer(request: web.Request) -> str:
+    """The client's ``ip:port``: the one the proxy named (server/proxied.py), else the socket's."""
+    client = request.get(CLIENT_PEER)
+    if isinstance(client, str):
+        return client
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "-"

@@ -11,11 +11,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -24,14 +22,16 @@ from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, EstError, ServiceUnavailable, Unauthorized
 from estkit.server.authaudit import AuthFailureLog
+from estkit.server.http import HttpRequest, TlsFacts
 from estkit.server.throttle import FailureThrottle, Rule, address_of
 
-__all__ = ["CLIENT_PEER", "FORWARDED_TLS", "ForwardedTls", "ssl_object", "peer_of", "basic_credentials", "Authenticator", "Presented", "ExtraAuth", "ChallengeHook"]
+__all__ = ["CLIENT_PEER", "FORWARDED_TLS", "ForwardedTls", "basic_credentials", "Authenticator", "Presented",
+           "ExtraAuth", "ChallengeHook"]
 
 # A hook that can authenticate a request by other means (HTTP Digest), given the
 # request and its CA label: an identity, None when the request carries no such
 # credentials, or Unauthorized (whose challenges, if any, replace the hook's usual ones).
-ExtraAuth = Callable[[web.Request, str | None], Awaitable[Identity | None]]
+ExtraAuth = Callable[[HttpRequest, str | None], Awaitable[Identity | None]]
 # More WWW-Authenticate challenges for a label (Digest), sent before Basic's: a
 # label that turns Digest on prefers it, and clients that read only the first
 # challenge (Bouncy Castle) then use it.
@@ -44,33 +44,8 @@ CLIENT_PEER = "estkit.client_peer"
 FORWARDED_TLS = "estkit.forwarded_tls"
 
 
-@dataclass(frozen=True)
-class ForwardedTls:
-    """A client's TLS connection as a trusted TLS-terminating proxy saw it:
-    protocol (None: the request did not come over TLS), tls-unique, certificate."""
-
-    version: str | None
-    unique: bytes | None
-    cert_der: bytes | None
-
-
-def ssl_object(request: web.Request) -> ssl.SSLObject | None:
-    """The request's TLS object (None on a plain connection)."""
-    transport = request.transport
-    return transport.get_extra_info("ssl_object") if transport is not None else None
-
-
-def peer_of(request: web.Request) -> str:
-    """The client's address, ``ip:port``: the one a trusted proxy named (PROXY
-    header, server/proxyproto.py; proxy listener, server/proxied.py), else the peer's."""
-    client = getattr(request.protocol, "client_peer", None) or request.get(CLIENT_PEER)
-    if isinstance(client, str):
-        return client
-    transport = request.transport
-    peer: Any = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return "-"
+# A client's TLS connection as a trusted TLS-terminating proxy saw it (server/proxied.py).
+ForwardedTls = TlsFacts
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -168,17 +143,12 @@ class Authenticator:
         """Every WWW-Authenticate value for a label: the hooks' (Digest), then Basic."""
         return (*(ch for hook in self.challenge_hooks for ch in hook(label)), *self.challenges)
 
-    def presented(self, request: web.Request, label: str | None = None) -> Presented:
+    def presented(self, request: HttpRequest, label: str | None = None) -> Presented:
         """What the request presents, read on the event loop (no store access)."""
-        sslobj = ssl_object(request)
-        fwd: ForwardedTls | None = request.get(FORWARDED_TLS)
-        p = Presented(peer=peer_of(request), label=label, tls=sslobj is not None)
-        if sslobj is not None:
-            p.tls_version = sslobj.version()
-            p.tls_unique = sslobj.get_channel_binding("tls-unique")
-            p.cert_der = sslobj.getpeercert(binary_form=True) or None
-        elif fwd is not None and fwd.version is not None:  # the proxy listener (server/proxied.py)
-            p.tls, p.tls_version, p.tls_unique, p.cert_der = True, fwd.version, fwd.unique, fwd.cert_der
+        tls = request.tls  # the connection's, or what a trusted TLS-terminating proxy forwarded
+        p = Presented(peer=request.peer, label=label, tls=tls is not None)
+        if tls is not None:
+            p.tls_version, p.tls_unique, p.cert_der = tls.version, tls.unique, tls.cert_der
         p.basic = basic_credentials(request.headers.get("Authorization"))
         if p.basic is not None and not p.tls:
             raise Unauthorized("credentials are accepted only over TLS", challenges=self.challenges_for(label))
@@ -235,7 +205,7 @@ class Authenticator:
         cert_identity, user = self.verify(p)
         return self.decide(p, cert_identity, user, require=require)
 
-    async def context(self, request: web.Request, *, require: bool, label: str | None = None,
+    async def context(self, request: HttpRequest, *, require: bool, label: str | None = None,
                       presented: Presented | None = None) -> RequestContext:
         """Authenticate.  With ``require``, a request with neither credentials
         nor a client certificate gets 401 and the challenges."""

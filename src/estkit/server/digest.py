@@ -30,14 +30,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aiohttp import web
 
 from estkit.server.ports import EstAuthority
 from estkit.ca.identity import Identity
 from estkit.ca.passwords import DIGEST_HASHES
 from estkit.errors import Unauthorized
 from estkit.protocol import constants as c
-from estkit.server.auth import Authenticator, peer_of
+from estkit.server.auth import Authenticator
+from estkit.server.http import HttpRequest
 
 __all__ = ["DigestAuth", "parse_digest", "load_secret", "uri_matches", "SECRET_FILE"]
 
@@ -139,7 +139,7 @@ class DigestAuth:
         return [f'Digest realm="{self.realm}", qop="auth", algorithm="{alg}", nonce="{nonce}"{extra}'
                 for alg in self.algorithms(label)]
 
-    async def authenticate(self, request: web.Request, label: str | None) -> Identity | None:
+    async def authenticate(self, request: HttpRequest, label: str | None) -> Identity | None:
         """The user of a Digest Authorization header; None if there is none."""
         params = parse_digest(request.headers.get("Authorization"))
         if params is None:
@@ -155,7 +155,7 @@ class DigestAuth:
             raise Unauthorized(f"Digest algorithm {alg} is not offered here (offered: {', '.join(algs)})")
         if params["realm"] != self.realm or params["qop"] != "auth":
             raise Unauthorized("Digest credentials for another realm or qop")
-        if not uri_matches(params["uri"], request.raw_path, label):  # RFC 7616 §3.4.6
+        if not uri_matches(params["uri"], request.target, label):  # RFC 7616 §3.4.6
             raise Unauthorized("Digest uri does not match the request")
         state = self._nonce_state(params["nonce"])
         if state == "stale":
@@ -163,7 +163,7 @@ class DigestAuth:
         if state == "bad":
             raise Unauthorized("unknown Digest nonce")
         if self.guard is not None:
-            self.guard.check_password_attempt(peer_of(request), params["username"], label)
+            self.guard.check_password_attempt(request.peer, params["username"], label)
         user = await asyncio.get_running_loop().run_in_executor(None, self.ca.find_user, params["username"])
         ha1 = (user.digest_ha1 or {}).get(alg) if user is not None else None
         expect = ""
@@ -174,7 +174,7 @@ class DigestAuth:
                                               ha2)).encode()).hexdigest()
         if user is None or not expect or not hmac.compare_digest(expect, params["response"].lower()):
             if self.guard is not None:
-                self.guard.password_failed(peer_of(request), params["username"], "wrong user name or password",
+                self.guard.password_failed(request.peer, params["username"], "wrong user name or password",
                                            label)
             raise Unauthorized("wrong user name or password")
         return self.ca.user_identity(user)

@@ -5,10 +5,6 @@ the dispatcher: a request that cannot be decoded still gets a CMC answer."""
 
 from __future__ import annotations
 
-import asyncio
-
-from aiohttp import web
-
 from estkit.ca.cmc import CmcOutcome, CmcService
 from estkit.ca.identity import RequestContext
 from estkit.errors import EstError
@@ -16,7 +12,7 @@ from estkit.protocol import constants as c
 from estkit.protocol.cmc_request import decode_full_cmc
 from estkit.protocol.framing import decode_b64, encode_b64, media_params, media_type
 from estkit.server.app import EstRequest, EstServer, Operation
-from estkit.server.auth import peer_of
+from estkit.server.http import HttpResponse
 
 __all__ = ["register_cmc"]
 
@@ -38,23 +34,20 @@ def register_cmc(server: EstServer, cmc: CmcService) -> None:
             return cmc.failure(label, exc)
         return cmc.fullcmc(label, request, ctx, auth_error)
 
-    async def fullcmc(srv: EstServer, req: EstRequest) -> web.StreamResponse:
-        try:  # a peer trickling its body must not hold the request forever
-            body = await asyncio.wait_for(req.http.read(), srv.body_timeout)
-        except TimeoutError:
-            raise EstError("request body not received in time", status=408) from None
+    async def fullcmc(srv: EstServer, req: EstRequest) -> HttpResponse:
+        body = await srv.read_body(req.http)  # a peer trickling its body must not hold the request forever
         auth_error: EstError | None = None
         try:
             ctx = await srv.auth.context(req.http, require=False, label=req.label)
         except EstError as exc:  # wrong Basic password, revoked TLS certificate...
-            ctx, auth_error = RequestContext(peer=peer_of(req.http)), exc
+            ctx, auth_error = RequestContext(peer=req.http.peer), exc
         out: CmcOutcome = await srv.run_ca(answer, req.label, body, req.http.headers.get("Content-Type"), ctx,
                                            auth_error)
-        headers = {"Content-Type": c.CT_CMC_RESPONSE, c.HDR_CTE: "base64"}
+        headers = [("Content-Type", c.CT_CMC_RESPONSE), (c.HDR_CTE, "base64")]
         if out.status == 401:
-            headers[c.HDR_WWW_AUTHENTICATE] = srv.auth.challenges[0]
+            headers.append((c.HDR_WWW_AUTHENTICATE, srv.auth.challenges[0]))
         if out.retry_after is not None:
-            headers[c.HDR_RETRY_AFTER] = str(out.retry_after)
-        return web.Response(status=out.status, body=encode_b64(out.der), headers=headers)
+            headers.append((c.HDR_RETRY_AFTER, str(out.retry_after)))
+        return HttpResponse(out.status, encode_b64(out.der), headers)
 
     server.register(Operation(c.OP_FULLCMC, "POST", fullcmc))

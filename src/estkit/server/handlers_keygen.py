@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from estkit.ca.identity import RequestContext
 from estkit.ca.keygen import GeneratedKey, ServerKeyGen
 from estkit.protocol import constants as c
@@ -11,6 +9,7 @@ from estkit.protocol.multipart import build_serverkeygen
 from estkit.protocol.pkcs7 import certs_only
 from estkit.protocol.request import decode_pkcs10
 from estkit.server.app import EstRequest, EstServer, Operation
+from estkit.server.http import HttpResponse
 
 __all__ = ["register_keygen"]
 
@@ -18,7 +17,7 @@ __all__ = ["register_keygen"]
 def register_keygen(server: EstServer, keygen: ServerKeyGen) -> None:
     """Register /serverkeygen: same authentication and request as /simpleenroll."""
 
-    async def serverkeygen(srv: EstServer, req: EstRequest) -> web.StreamResponse:
+    async def serverkeygen(srv: EstServer, req: EstRequest) -> HttpResponse:
         def generate(ctx: RequestContext) -> GeneratedKey:
             # RFC 7030 §4.4.1: the CSR's signature is not checked (the key is new), so
             # decode_pkcs10 reports it in ``pop`` and serverkeygen ignores it.
@@ -27,6 +26,6 @@ def register_keygen(server: EstServer, keygen: ServerKeyGen) -> None:
         body, ctype = build_serverkeygen(result.key_der, certs_only([result.certificate]),
                                          encrypted=result.encrypted)
         # One write with Content-Length, never chunked (interop-notes).
-        return web.Response(status=200, body=body, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
+        return HttpResponse(200, body, [("Content-Type", ctype), ("Cache-Control", "no-store")])
 
     server.register(Operation(c.OP_SERVERKEYGEN, "POST", serverkeygen, (c.CT_PKCS10,), require_auth=True))

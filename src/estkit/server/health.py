@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from aiohttp import web
-
 from estkit.ca.authority import CertificateAuthority
 from estkit.server import drain
+from estkit.server.http import HttpResponse
 from estkit.server.wire import text_response
 
 __all__ = ["Readiness", "HEALTHZ", "READYZ"]
@@ -104,7 +103,7 @@ class Readiness:
         if not done.cancelled():
             self._cached = (self._clock(), done.result())
 
-    async def readyz(self, _request: web.Request) -> web.StreamResponse:
+    async def readyz(self) -> HttpResponse:
         """``GET /readyz``: 200 ``ok`` or 503 naming the failing check
         (``draining`` once the process was told to stop: server/drain.py)."""
         if drain.STATE.draining:
@@ -113,6 +112,6 @@ class Readiness:
         return text_response(200, "ok") if failed is None else text_response(503, failed)
 
 
-async def healthz(_request: web.Request) -> web.StreamResponse:
+async def healthz() -> HttpResponse:
     """``GET /healthz``: the process serves requests."""
     return text_response(200, "ok")

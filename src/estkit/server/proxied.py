@@ -40,7 +40,7 @@ from estkit.server.app import EstServer
 from estkit.server.auth import CLIENT_PEER, FORWARDED_TLS, ForwardedTls
 from estkit.server.connections import refusal_log
 from estkit.server.proxyproto import TrustedProxies
-from estkit.server.wire import text_response
+from estkit.protocol.constants import CT_TEXT
 
 __all__ = ["HEADER_CERT", "HEADER_TLS_UNIQUE", "HEADER_TLS_VERSION", "HEADER_CLIENT", "proxied_app",
            "bind_unix"]
@@ -57,7 +57,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _refuse(request: web.Request, status: int, reason: str) -> web.StreamResponse:
-    resp = text_response(status, reason)
+    resp = web.Response(status=status, body=(reason + "\n").encode(), headers={"Content-Type": CT_TEXT})
     resp.force_close()
     refusal_log("%s - proxy-listen - %d %s", _transport_peer(request) or "unix", status, reason)
     return resp

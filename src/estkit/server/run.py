@@ -24,6 +24,7 @@ from aiohttp import web
 
 from estkit.server import drain
 from estkit.server.connections import Limits
+from estkit.server.app import EST_SERVER
 from estkit.server.transport import EstSite
 
 __all__ = ["serve", "bind", "Service"]
@@ -92,14 +93,15 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
         # listener's enrollments among them) get to finish once a stop closes them.
         runner = web.AppRunner(factory(), access_log=None, handle_signals=False, shutdown_timeout=limits.stop_timeout,
                                keepalive_timeout=limits.keepalive_timeout, lingering_time=0)
-        await runner.setup()
-        site: web.BaseSite
+        await runner.setup()  # the application's startup hooks run whoever serves its socket
         if ctx is not None:
-            site = EstSite(runner, s, ssl_context=ctx, limits=limits)
-            est_sites.append(site)
+            # The TLS listener speaks HTTP/1.1 itself (server/h1.py) to the EstServer
+            # behind the application; aiohttp serves the plain-HTTP listeners.
+            est = EstSite(runner.app[EST_SERVER], s, ssl_context=ctx, limits=limits)
+            await est.start()
+            est_sites.append(est)
         else:
-            site = web.SockSite(runner, s)
-        await site.start()
+            await web.SockSite(runner, s).start()
         runners.append(runner)
     stoppers = [await start() for start in services or []]
     await stop.wait()
@@ -108,6 +110,8 @@ async def _run_worker(make_app: Callable[[], web.Application], sock: socket.sock
     await _drain(est_sites, limits)
     for stop_service in stoppers:  # EST-coaps too serves through the drain, then stops
         await stop_service()
+    for est in est_sites:
+        await est.stop()
     for runner in runners:
         await runner.cleanup()
 

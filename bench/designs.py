@@ -63,7 +63,8 @@ def run_designs(a: argparse.Namespace, result: dict[str, Any], csrs: Path, work:
                               f"cs {r['server_switches_per_request'] or 0:.1f}/req{ratio}", flush=True)
             for name, srv in servers.items():
                 for mode in modes if a.profile else []:
-                    prof = profile_run(targets[name], srv, mode, 8, a, csrs, work, Path(a.out), f"{mode}-{name}")
+                    prof = profile_run(targets[name], srv, mode, 8, a, csrs, work, Path(a.out),
+                                       f"{mode}-{name.replace('/', '_')}")
                     if prof:
                         prof.update(key="p256", store_rows=0, design=name)
                         result["profiles"].append(prof)

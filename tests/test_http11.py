@@ -133,3 +133,13 @@ def test_header_fields_bounded_in_all(srv: ServerProcess) -> None:
         got = _responses(s, 1)[0]
         assert s.recv(100) == b""
     assert got[0].startswith(b"HTTP/1.1 431 ") and got[2] == b"request header too large\n", got
+
+
+def test_many_pipelined_requests_all_answered(srv: ServerProcess) -> None:
+    """More pipelined requests than are parsed ahead (reading pauses while the
+    queue is full, and resumes as it drains): every one answered, in order."""
+    n = 60
+    with _conn(srv) as s:
+        s.sendall(b"".join(f"GET {WK}/cacerts?n={i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode() for i in range(n)))
+        got = _responses(s, n)
+    assert all(r[0].startswith(b"HTTP/1.1 200 ") for r in got) and len(got) == n

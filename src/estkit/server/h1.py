@@ -56,6 +56,9 @@ MAX_FIELD = 8190
 # All header fields together: a client cannot make us keep more than this per request.
 MAX_HEAD = 64 * 1024
 _NO_BODY = (204, 304)
+# Pipelined requests parsed ahead of the one being answered: past this many,
+# reading pauses until the queue drains (a client cannot queue unbounded work).
+_QUEUE_HIGH = 8
 
 
 class _Refused(Exception):
@@ -135,6 +138,10 @@ class H1Protocol(asyncio.Protocol):
         self._refusal: tuple[int, str] | None = None  # a parse error to answer once the queue is done
         self._ignore_input = False  # past a refusal or an oversized body: nothing more is parsed
         self._started = time.perf_counter()
+        # Reading pauses while the queue is full or while the peer does not read
+        # what we write (the transport's buffer over its high-water mark).
+        self._queue_full = False
+        self._write_blocked = False
 
     # -- the connection -------------------------------------------------------------
 
@@ -178,6 +185,23 @@ class H1Protocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(*_parse_reason(exc))
 
+    def pause_writing(self) -> None:
+        # The peer does not read its responses: stop reading its requests.
+        self._write_blocked = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._queue_full or self._write_blocked:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool | None:
         return None  # close; a response in progress is written before the transport goes
 
@@ -217,6 +241,9 @@ class H1Protocol(asyncio.Protocol):
         self._cancel_header_timer()
         self.table.busy(self.conn)
         self._queue.append(m)
+        if len(self._queue) >= _QUEUE_HIGH and not self._queue_full:
+            self._queue_full = True
+            self._update_reading()
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
 
@@ -248,6 +275,9 @@ class H1Protocol(asyncio.Protocol):
                 m = self._queue[0]
                 resp = await self.server.handle(self._request(m))
                 self._queue.popleft()
+                if self._queue_full and len(self._queue) < _QUEUE_HIGH // 2:
+                    self._queue_full = False
+                    self._update_reading()
                 close = resp.close or not m.keep_alive or not m.complete or m.too_large
                 self._respond(m, resp, close)
                 if close:

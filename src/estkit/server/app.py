@@ -138,11 +138,9 @@ class EstServer:
         return await self.run_ca(job)
 
     async def read_body(self, req: HttpRequest) -> bytes:
-        """The request's body, within ``body_timeout`` (408 otherwise)."""
-        try:
-            return await asyncio.wait_for(req.read_body(), self.body_timeout)
-        except TimeoutError:
-            raise EstError("request body not received in time", status=408) from None
+        """The request's body; the transport bounds the wait by ``body_timeout``
+        (408), so that a peer trickling its body cannot hold the request forever."""
+        return await req.read_body()
 
     # -- one request -------------------------------------------------------------
 
@@ -269,7 +267,9 @@ class EstServer:
 
         async def read_body() -> bytes:
             try:
-                return await request.read()
+                return await asyncio.wait_for(request.read(), self.body_timeout)
+            except TimeoutError:
+                raise EstError("request body not received in time", status=408) from None
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge(f"request body over {self.max_body} bytes") from None
             except web.RequestPayloadError:

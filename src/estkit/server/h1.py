@@ -308,8 +308,15 @@ class H1Protocol(asyncio.Protocol):
                 if m.expect_continue and self.transport is not None:
                     m.expect_continue = False  # RFC 9110 §10.1.1: the client waits for this before sending
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                m.waiter = self._loop.create_future()
-                await m.waiter
+                # Waited for only when it has not all arrived with the header
+                # (the usual case: no task, no timer); 408 after body_timeout.
+                m.waiter = waiter = self._loop.create_future()
+                timer = self._loop.call_later(self.server.body_timeout, m.wake,
+                                              EstError("request body not received in time", status=408))
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
             return bytes(m.body)
 
         path = m.target.partition("?")[0]

@@ -17,6 +17,8 @@ as before: a duplicate key is a ``Conflict``, a lost database a 503.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +27,7 @@ from sqlalchemy import Engine, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["DriverSelect", "driver_transaction"]
+__all__ = ["DriverSelect", "driver_transaction", "ThreadConnections"]
 
 
 class DriverSelect:
@@ -90,3 +92,121 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
                 cursor.close()
     finally:
         fairy.close()  # back to the pool, which rolls back whatever is left open
+
+
+class _Kept:
+    """One thread's connection, closed when the thread ends (its thread-local
+    storage goes) or the store closes."""
+
+    __slots__ = ("fairy", "__weakref__")
+
+    def __init__(self, fairy: Any) -> None:
+        self.fairy: Any = fairy
+
+    def close(self) -> None:
+        fairy, self.fairy = self.fairy, None
+        if fairy is not None:
+            try:
+                fairy.close()  # detached from the pool: really closed
+            except Exception:  # noqa: BLE001 -- closing a broken connection must not raise
+                pass
+
+    __del__ = close
+
+
+class ThreadConnections:
+    """SQLite files: each thread keeps one connection for the driver statements.
+
+    Taking a connection from SQLAlchemy's pool and giving it back (checkout,
+    reset, queue) cost 25-35 µs per transaction in the enrollment loop, and an
+    enrollment has two (bench/caprofile.py).  A SQLite connection is a file
+    handle in this process, with no server-side cost, so each thread that runs
+    these statements keeps one, made by the pool (its ``connect`` event sets
+    the pragmas: WAL, synchronous=FULL, busy timeout, foreign keys) and then
+    detached from it.  At most ``limit`` threads keep one; others use the pool.
+    PostgreSQL never comes here: its connections are bounded by the pool and
+    pre-pinged at checkout."""
+
+    def __init__(self, engine: Engine, limit: int = 64) -> None:
+        self._engine = engine
+        self._limit = limit
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._kept: weakref.WeakSet[_Kept] = weakref.WeakSet()
+        # After a fork the parent's connections are never used nor closed here
+        # (SQLite: a connection must not cross fork()); they stay referenced.
+        self._orphans: list[Any] = []
+
+    def _connection(self) -> _Kept | None:
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is not None and kept.fairy is not None:
+            return kept
+        with self._lock:
+            if len(self._kept) >= self._limit:
+                return None
+        dialect = self._engine.dialect
+        try:
+            fairy = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+        fairy.detach()
+        kept = self._local.kept = _Kept(fairy)
+        with self._lock:
+            self._kept.add(kept)
+        return kept
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """What :func:`driver_transaction` gives, on this thread's connection."""
+        kept = self._connection()
+        if kept is None:
+            with driver_transaction(self._engine) as cursor:
+                yield cursor
+            return
+        dialect = self._engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        fairy = kept.fairy
+        cursor = fairy.cursor()
+        try:
+            yield cursor
+            fairy.commit()
+        except dbapi_error as exc:
+            lost = dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+            self._rollback(kept, lost)
+            raise DBAPIError.instance(None, None, exc, dbapi_error, connection_invalidated=lost,
+                                      dialect=dialect) from exc
+        except BaseException:
+            self._rollback(kept, False)
+            raise
+        finally:
+            try:
+                cursor.close()
+            except dbapi_error:
+                pass
+
+    def _rollback(self, kept: _Kept, lost: bool) -> None:
+        """Leave nothing open on a kept connection; one that cannot, goes."""
+        if not lost:
+            try:
+                kept.fairy.rollback()
+                return
+            except self._engine.dialect.loaded_dbapi.Error:
+                pass
+        kept.close()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's connections are not this process's."""
+        with self._lock:
+            for kept in self._kept:
+                if kept.fairy is not None:
+                    self._orphans.append(kept.fairy)
+                    kept.fairy = None
+            self._kept = weakref.WeakSet()
+        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close every kept connection (the store is closing)."""
+        with self._lock:
+            kept, self._kept = list(self._kept), weakref.WeakSet()
+        for k in kept:
+            k.close()

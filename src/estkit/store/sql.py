@@ -31,7 +31,7 @@ from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed
                              CertQuery, CertStatus, PendingRequest, PendingStatus, StoredCert, StoreError, StoreUnavailable,
                              UserRecord, utc_now)
 from estkit.store.driverinsert import DriverInsert
-from estkit.store.driversql import DriverSelect, driver_transaction
+from estkit.store.driversql import DriverSelect, ThreadConnections, driver_transaction
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
 from estkit.store.writelock import WriteLock
@@ -173,15 +173,25 @@ class SqlStore:
         self._insert_cert = DriverInsert(_CERTS, _CERT_COLUMNS, engine.dialect)
         self._insert_audit = DriverInsert(_AUDIT, _AUDIT_COLUMNS, engine.dialect)
         self._select_user = DriverSelect(_GET_USER, engine.dialect)
+        url = engine.url
+        on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and url.query.get("mode") != "memory"
+        self._threads = ThreadConnections(engine) if on_file else None
         self._issued: GroupCommit[tuple[dict[str, Any], dict[str, Any] | None]] = GroupCommit(
             self._write_issued, lambda one: self._write_issued([one]))
+
+    def _after_fork(self) -> None:
+        """A forked worker must not reuse the parent's sockets and SQLite handles."""
+        if os.getpid() != self._pid:
+            self.engine.dispose(close=False)
+            if self._threads is not None:
+                self._threads.forget()
+            self._pid = os.getpid()
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Connection]:
         """A transaction; ``write`` ones queue on the SQLite writers' lock."""
-        if os.getpid() != self._pid:  # a forked worker must not reuse the parent's sockets
-            self.engine.dispose(close=False)
-            self._pid = os.getpid()
+        self._after_fork()
         lock = self._write_lock.held() if write and self._write_lock is not None else nullcontext()
         try:
             with lock, self.engine.begin() as conn:
@@ -193,18 +203,19 @@ class SqlStore:
     def _driver_tx(self, write: bool = False) -> Iterator[Any]:
         """Like :meth:`_tx`, a DB-API cursor instead of a Connection
         (estkit.store.driversql: the statements of every enrollment)."""
-        if os.getpid() != self._pid:
-            self.engine.dispose(close=False)
-            self._pid = os.getpid()
+        self._after_fork()
         lock = self._write_lock.held() if write and self._write_lock is not None else nullcontext()
+        tx = self._threads.transaction() if self._threads is not None else driver_transaction(self.engine)
         try:
-            with lock, driver_transaction(self.engine) as cursor:
+            with lock, tx as cursor:
                 yield cursor
         except SQLAlchemyError as exc:
             raise _store_error(exc) from exc
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every pooled connection (and the threads' own, SQLite)."""
+        if self._threads is not None:
+            self._threads.close()
         self.engine.dispose()
 
     # -- certificates -------------------------------------------------------

@@ -5,7 +5,7 @@ certificate with its audit row.  Through SQLAlchemy's ``Connection`` each
 transaction cost 15 µs before any statement (``Connection`` and transaction
 objects, events) and each statement 20-40 µs more (execution context, result
 metadata): a read of one row by its key took 60 µs alone where the driver
-takes 4 (bench/caprofile.py, docs/benchmark.md).  These run the same SQL, compiled
+takes 4 (bench/caprofile.py).  These run the same SQL, compiled
 once per dialect by SQLAlchemy, on the DB-API cursor of a connection from the
 same pool (``Engine.raw_connection``: checkout, pre-ping on PostgreSQL, reset
 on return), with each column's value going through the bind and result
@@ -166,7 +166,11 @@ class ThreadConnections:
         dialect = self._engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
         fairy = kept.fairy
-        cursor = fairy.cursor()
+        try:
+            cursor = fairy.cursor()
+        except dbapi_error as exc:  # closed underneath (the store is closing): not kept
+            kept.close()
+            raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=dialect) from exc
         try:
             yield cursor
             fairy.commit()

@@ -105,6 +105,71 @@ def test_concurrent_record_issued(tmp_path: Path, duplicate: bool) -> None:
     store.close()
 
 
+# -- each thread's own SQLite connection (estkit.store.driversql.ThreadConnections) ----------------
+
+def _record_in_thread(store: object, serial: int) -> float:
+    """Seconds another thread takes to record ``serial`` (a write lock left held would
+    make it wait for SQLite's 30 s busy timeout)."""
+    out: list[object] = []
+
+    def run() -> None:
+        t0 = time.monotonic()
+        try:
+            store.record_issued(*_issued(serial))  # type: ignore[attr-defined]
+            out.append(time.monotonic() - t0)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "another thread could not write: a transaction was left open"
+    assert isinstance(out[0], float), out[0]
+    return out[0]
+
+
+@pytest.mark.parametrize("first", ["conflict", "read"], ids=["fail/duplicate-serial-leaves-nothing-open",
+                                                               "ok/user-read-leaves-nothing-open"])
+def test_kept_connection_is_clean_after_each_transaction(tmp_path: Path, first: str) -> None:
+    from estkit.ca.ports import UserRecord
+    store = open_store(f"sqlite:///{tmp_path}/k.db")
+    store.record_issued(*_issued(1))
+    if first == "conflict":  # its audit row was inserted before the duplicate certificate failed
+        with pytest.raises(Conflict):
+            store.record_issued(*_issued(1))
+    else:
+        store.add_user(UserRecord("dev", "scrypt$x", datetime.now(UTC)))
+        assert store.get_user("dev") is not None and store.get_user("nobody") is None
+    assert _record_in_thread(store, 2) < 5
+    store.record_issued(*_issued(3))  # this thread's next commit must not carry anything left over
+    assert [a.serial for a in store.list_audit(limit=10, event="issued")] == [3, 2, 1]
+    store.close()
+
+
+def _child_records(store: object, serial: int) -> None:
+    store.record_issued(*_issued(serial))  # type: ignore[attr-defined]
+    assert store.get_user("dev") is not None  # type: ignore[attr-defined]
+
+
+def test_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    # ok/...: the parent's kept connection is not used across fork (SQLite forbids it)
+    from estkit.ca.ports import UserRecord
+    store = open_store(f"sqlite:///{tmp_path}/f.db")
+    store.add_user(UserRecord("dev", "scrypt$x", datetime.now(UTC)))
+    store.record_issued(*_issued(1))
+    assert store.get_user("dev") is not None
+    ctx = multiprocessing.get_context("fork")
+    ps = [ctx.Process(target=_child_records, args=(store, 10 + i)) for i in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    store.record_issued(*_issued(2))
+    assert sorted(c.serial for c in store.list_certificates()) == [1, 2, 10, 11]
+    store.close()
+
+
 # -- WriteLock: mutual exclusion across forked processes -------------------------------------------
 
 def _increment(lock_path: str, counter: str, n: int) -> None:

@@ -209,10 +209,17 @@ class CertificateAuthority:
 
     def _issue(self, req: EnrollRequest, public_key: CertificatePublicKeyTypes, grant: Grant) -> x509.Certificate:
         ca = self.cas[req.profile.ca]
+        r = req.request
         # What shape_certificate puts in: the request's subject and, if honoured, its SAN
-        # (read from the request, which has them parsed, rather than from the new certificate).
-        subject = req.request.subject.rfc4514_string()
-        sans = tuple(general_names_text(req.request.san if req.profile.honour_san else None))
+        # (read from the request, which has them parsed, rather than from the new certificate;
+        # as text once, by the decoder when it made them already).
+        subject = r.subject_text if r.subject_text is not None else r.subject.rfc4514_string()
+        if not req.profile.honour_san or r.san is None:
+            sans: tuple[str, ...] = ()
+        else:
+            sans = r.san_names if r.san_names is not None else tuple(general_names_text(r.san))
+        requester = str(req.ctx.identity)
+        key_type = r.key_type if public_key is r.public_key else key_type_of(public_key)
         for _attempt in range(3):
             serial = x509.random_serial_number()  # 159 random bits, positive
             builder = shape_certificate(req, issuer=ca.cert, public_key=public_key, serial=serial, grant=grant)
@@ -221,10 +228,10 @@ class CertificateAuthority:
             record = IssuedCert(
                 serial=serial, ca=ca.name, label=req.profile.label, subject=subject, sans=sans,
                 not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc, requester=str(req.ctx.identity),
-                key_type=key_type_of(public_key), csr_fingerprint=req.request.fingerprint,
+                not_after=cert.not_valid_after_utc, requester=requester,
+                key_type=key_type, csr_fingerprint=req.request.fingerprint,
                 der=cert.public_bytes(Encoding.DER), enrollee=req.ctx.identity.enrollee_name)
-            event = AuditEvent(event=AuditEventType.ISSUED, identity=str(req.ctx.identity), peer=req.ctx.peer,
+            event = AuditEvent(event=AuditEventType.ISSUED, identity=requester, peer=req.ctx.peer,
                                label=req.profile.label, csr_fingerprint=req.request.fingerprint, serial=serial,
                                detail=req.operation.value)
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -117,6 +118,7 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the stored string, asked on every Basic request
 def needs_rehash(stored: str) -> bool:
     """True if the hash was made with parameters weaker than :data:`CURRENT` and
     than every setting OWASP counts as its equal (a hash at N=2^17, p=1, made

@@ -47,6 +47,10 @@ class CsrInfo:
     public_key: CertificatePublicKeyTypes
     fingerprint: str
     request_fingerprint: str
+    # The subject as RFC 4514 text and the SANs as general_names_text: decoded here
+    # (a malformed value is a 400 here), and what the CA records, not computed twice.
+    subject_text: str = ""
+    san_names: tuple[str, ...] = ()
 
 
 def request_fingerprint(public_key: CertificatePublicKeyTypes, subject: x509.Name,
@@ -96,27 +100,26 @@ def load_csr(der: bytes) -> CsrInfo:
     except Exception:  # an unsupported algorithm is an invalid signature to us
         valid = False
     try:
-        attr = csr.attributes.get_attribute_for_oid(OID_CHALLENGE_PASSWORD)
-        challenge: bytes | None = attr.value
-    except x509.AttributeNotFound:
-        challenge = None
+        # The first challengePassword, as Attributes.get_attribute_for_oid finds it,
+        # without the AttributeNotFound it raises for the usual request that has none.
+        challenge: bytes | None = next((a.value for a in csr.attributes if a.oid == OID_CHALLENGE_PASSWORD), None)
     except _MALFORMED as exc:
         raise BadRequest(f"malformed request attributes: {_short(exc)}") from None
     try:
         subject = csr.subject
-        subject.rfc4514_string()  # decodes every attribute value
+        subject_text = subject.rfc4514_string()  # decodes every attribute value
         try:
             san: x509.SubjectAlternativeName | None = csr.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             san = None
-        general_names_text(san)
+        san_names = tuple(general_names_text(san))
         wanted = request_fingerprint(key, subject, ((ext.oid, ext.value) for ext in csr.extensions))
     except _MALFORMED as exc:
         raise BadRequest(f"malformed subject or extensions in the request: {_short(exc)}") from None
     info = CsrInfo(csr=csr, der=der, key_type=key_type_of(key), signature_valid=valid, challenge_password=challenge,
                    subject=subject, san=san, public_key=key, fingerprint=csr_fingerprint(der),
-                   request_fingerprint=wanted)
+                   request_fingerprint=wanted, subject_text=subject_text, san_names=san_names)
     return info
 
 

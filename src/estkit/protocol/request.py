@@ -53,6 +53,10 @@ class CertRequest:
     # The PKCS#10 request itself, for the attributes only /serverkeygen reads
     # (RFC 7030 §4.4.1.1-2 DecryptKeyIdentifier); None for CRMF.
     pkcs10: x509.CertificateSigningRequest | None = None
+    # The subject as RFC 4514 text and the SANs as general_names_text, when the
+    # decoder already made them (PKCS#10: load_csr); None: not made yet (CRMF).
+    subject_text: str | None = None
+    san_names: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"CertRequest({self.subject.rfc4514_string()!r}, {self.key_type}, {self.fingerprint[:16]})"
@@ -69,7 +73,8 @@ def from_pkcs10(info: CsrInfo) -> CertRequest:
     return CertRequest(subject=info.subject, san=info.san, public_key=info.public_key, key_type=info.key_type,
                        pop=ProofOfPossession.VERIFIED if info.signature_valid else ProofOfPossession.FAILED,
                        challenge_password=info.challenge_password, der=info.der,
-                       fingerprint=info.fingerprint, request_fingerprint=info.request_fingerprint, pkcs10=info.csr)
+                       fingerprint=info.fingerprint, request_fingerprint=info.request_fingerprint, pkcs10=info.csr,
+                       subject_text=info.subject_text, san_names=info.san_names)
 
 
 def from_crmf(crmf: CrmfRequest, der: bytes) -> CertRequest:

@@ -57,3 +57,10 @@ class DriverInsert:
             conn.exec_driver_sql(self.sql, self.params(rows[0]))
         else:
             conn.exec_driver_sql(self.sql, [self.params(r) for r in rows])
+
+    def run(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert ``rows`` on a DB-API cursor (estkit.store.driversql's transaction)."""
+        if len(rows) == 1:
+            cursor.execute(self.sql, self.params(rows[0]))
+        else:
+            cursor.executemany(self.sql, [self.params(r) for r in rows])

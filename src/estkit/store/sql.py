@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +31,7 @@ from estkit.ca.ports import (AuditEvent, Claim, Conflict, CrlRecord, GuardFailed
                              CertQuery, CertStatus, PendingRequest, PendingStatus, StoredCert, StoreError, StoreUnavailable,
                              UserRecord, utc_now)
 from estkit.store.driverinsert import DriverInsert
+from estkit.store.driversql import DriverSelect, ThreadConnections, driver_transaction
 from estkit.store.groupcommit import GroupCommit
 from estkit.store.models import Audit, Certificate, ClaimRow, CrlState, Pending, User
 from estkit.store.writelock import WriteLock
@@ -71,6 +72,17 @@ def _hex(serial: int) -> str:
 # a refused or lost connection, a server shutting down (OperationalError, InterfaceError),
 # no pooled connection free within pool_timeout (sqlalchemy.exc.TimeoutError).
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+def _store_error(exc: SQLAlchemyError) -> StoreError:
+    """What the CA is told of a database error."""
+    if isinstance(exc, IntegrityError):
+        return Conflict(str(exc.orig))
+    if isinstance(exc, _UNAVAILABLE):
+        # The database is down, restarting or out of connections: the request
+        # gets 503 and Retry-After; the pool reconnects by itself (pre-ping).
+        return StoreUnavailable(f"the store is unavailable: {str(exc).splitlines()[0]}")
+    return StoreError(str(exc).splitlines()[0])
 
 
 @dataclass(frozen=True)
@@ -160,30 +172,50 @@ class SqlStore:
         self._write_lock = write_lock
         self._insert_cert = DriverInsert(_CERTS, _CERT_COLUMNS, engine.dialect)
         self._insert_audit = DriverInsert(_AUDIT, _AUDIT_COLUMNS, engine.dialect)
+        self._select_user = DriverSelect(_GET_USER, engine.dialect)
+        url = engine.url
+        on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and url.query.get("mode") != "memory"
+        self._threads = ThreadConnections(engine) if on_file else None
         self._issued: GroupCommit[tuple[dict[str, Any], dict[str, Any] | None]] = GroupCommit(
             self._write_issued, lambda one: self._write_issued([one]))
+
+    def _after_fork(self) -> None:
+        """A forked worker must not reuse the parent's sockets and SQLite handles."""
+        if os.getpid() != self._pid:
+            self.engine.dispose(close=False)
+            if self._threads is not None:
+                self._threads.forget()
+            self._pid = os.getpid()
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Connection]:
         """A transaction; ``write`` ones queue on the SQLite writers' lock."""
-        if os.getpid() != self._pid:  # a forked worker must not reuse the parent's sockets
-            self.engine.dispose(close=False)
-            self._pid = os.getpid()
+        self._after_fork()
         lock = self._write_lock.held() if write and self._write_lock is not None else nullcontext()
         try:
             with lock, self.engine.begin() as conn:
                 yield conn
-        except IntegrityError as exc:
-            raise Conflict(str(exc.orig)) from exc
-        except _UNAVAILABLE as exc:
-            # The database is down, restarting or out of connections: the request
-            # gets 503 and Retry-After; the pool reconnects by itself (pre-ping).
-            raise StoreUnavailable(f"the store is unavailable: {str(exc).splitlines()[0]}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(str(exc).splitlines()[0]) from exc
+            raise _store_error(exc) from exc
+
+    @contextmanager
+    def _driver_tx(self, write: bool = False) -> Iterator[Any]:
+        """Like :meth:`_tx`, a DB-API cursor instead of a Connection
+        (estkit.store.driversql: the statements of every enrollment)."""
+        self._after_fork()
+        lock = self._write_lock.held() if write and self._write_lock is not None else nullcontext()
+        tx = self._threads.transaction() if self._threads is not None else driver_transaction(self.engine)
+        try:
+            with lock, tx as cursor:
+                yield cursor
+        except SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every pooled connection (and the threads' own, SQLite)."""
+        if self._threads is not None:
+            self._threads.close()
         self.engine.dispose()
 
     # -- certificates -------------------------------------------------------
@@ -207,11 +239,11 @@ class SqlStore:
             self._guard(conn, guard, cert, now)  # raising rolls everything above back
 
     def _write_issued(self, rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
-        with self._tx(write=True) as conn:
+        with self._driver_tx(write=True) as cursor:
             audits = [a for _, a in rows if a is not None]
             if audits:
-                self._insert_audit.execute(conn, audits)
-            self._insert_cert.execute(conn, [c for c, _ in rows])
+                self._insert_audit.run(cursor, audits)
+            self._insert_cert.run(cursor, [c for c, _ in rows])
 
     @staticmethod
     def _guard(conn: Connection, guard: IssueGuard, cert: IssuedCert, now: datetime) -> None:
@@ -319,11 +351,12 @@ class SqlStore:
     # -- users --------------------------------------------------------------
 
     @staticmethod
-    def _user(row: Any) -> UserRecord:
-        return UserRecord(name=row.name, password_hash=row.password_hash, created_at=_utc(row.created_at),  # type: ignore[arg-type]
-                          one_time=bool(row.one_time), expires_at=_utc(row.expires_at),
-                          used_at=_utc(row.used_at), disabled=bool(row.disabled), policy=row.policy,
-                          digest_ha1=row.digest_ha1)
+    def _user(row: Mapping[Any, Any]) -> UserRecord:
+        return UserRecord(name=row["name"], password_hash=row["password_hash"],
+                          created_at=_utc(row["created_at"]),  # type: ignore[arg-type]
+                          one_time=bool(row["one_time"]), expires_at=_utc(row["expires_at"]),
+                          used_at=_utc(row["used_at"]), disabled=bool(row["disabled"]), policy=row["policy"],
+                          digest_ha1=row["digest_ha1"])
 
     def add_user(self, user: UserRecord) -> None:
         with self._tx(write=True) as conn:
@@ -333,14 +366,16 @@ class SqlStore:
                 disabled=user.disabled, policy=user.policy, digest_ha1=user.digest_ha1))
 
     def get_user(self, name: str) -> UserRecord | None:
-        with self._tx() as conn:
-            row = conn.execute(_GET_USER, {"name": name}).first()
+        # Every Basic request reads its user (never cached: a disabled user, a
+        # changed password take effect at the next request): on the driver.
+        with self._driver_tx() as cursor:
+            row = self._select_user.first(cursor, {"name": name})
         return self._user(row) if row else None
 
     def list_users(self) -> list[UserRecord]:
         with self._tx() as conn:
             rows = conn.execute(select(_USERS).order_by(_USERS.c.name)).all()
-        return [self._user(r) for r in rows]
+        return [self._user(r._mapping) for r in rows]
 
     def update_user(self, user: UserRecord) -> None:
         with self._tx(write=True) as conn:

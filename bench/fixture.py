@@ -89,9 +89,13 @@ def _store_url(directory: Path) -> str:
 
 
 def _templates(directory: Path, n: int) -> list[bytes]:
-    """``n`` real certificates signed by the directory's CA key."""
-    key = serialization.load_pem_private_key((directory / "ca/root.key").read_bytes(), None)
+    """``n`` real certificates signed by the directory's CA key (in its file or,
+    for a ``softhsm-*`` directory, in its token)."""
+    import ceiling
     ca = x509.load_pem_x509_certificate((directory / "ca/root.pem").read_bytes())
+    token = ceiling._token_signer(directory, ca)
+    key = None if token is not None else serialization.load_pem_private_key(
+        (directory / "ca/root.key").read_bytes(), None)
     now = datetime.now(UTC)
     out = []
     for i in range(n):
@@ -102,9 +106,9 @@ def _templates(directory: Path, n: int) -> list[bytes]:
                 .not_valid_before(now).not_valid_after(now + timedelta(days=365))
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"prefill-{i}.example.com")]),
-                               critical=False)
-                .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
-        out.append(cert.public_bytes(serialization.Encoding.DER))
+                               critical=False))
+        signed = token.sign_certificate(cert) if token is not None else cert.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        out.append(signed.public_bytes(serialization.Encoding.DER))
     return out
 
 

@@ -40,9 +40,9 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from estkit.errors import EstError, PayloadTooLarge
-from estkit.protocol.constants import CT_TEXT
 from estkit.server.connections import Conn, ConnectionTable, Limits, refusal_log
 from estkit.server.http import SERVER_HEADER, HttpRequest, HttpResponse, TlsFacts, http_date
+from estkit.server.wire import text_response
 
 if TYPE_CHECKING:
     from estkit.server.app import EstServer
@@ -325,24 +325,30 @@ class H1Protocol(asyncio.Protocol):
                            read_body=read_body)
 
     def _respond(self, m: _Message, resp: HttpResponse, close: bool) -> None:
+        self._write(resp, close, version=m.version, head_only=m.method == "HEAD")
+
+    def _write(self, resp: HttpResponse, close: bool, *, version: tuple[int, int] = (1, 1),
+               head_only: bool = False) -> None:
+        """The one place a response is framed (RFC 9112 §6: Content-Length
+        always, none for 204 and 304; RFC 9110 §6.6.1 Date; Server)."""
         if self.transport is None or self.transport.is_closing():
             return
         # RFC 9112 §2.3: answer HTTP/1.0 as 1.0; anything else we answer (1.1,
         # and the 505 to an unsupported version) is HTTP/1.1.
-        version = b"HTTP/1.0" if m.version == (1, 0) else b"HTTP/1.1"
-        head = [b"%s %d %s\r\n" % (version, resp.status, resp.reason.encode())]
+        line = b"HTTP/1.0" if version == (1, 0) else b"HTTP/1.1"
+        head = [b"%s %d %s\r\n" % (line, resp.status, resp.reason.encode())]
         head += [f"{k}: {v}\r\n".encode("utf-8", "surrogateescape") for k, v in resp.headers]
         body = resp.body
         if resp.status in _NO_BODY:
             body = b""
         else:
             head.append(b"Content-Length: %d\r\n" % len(body))
-        if m.method == "HEAD":
+        if head_only:
             body = b""
         head.append(f"Date: {http_date()}\r\nServer: {SERVER_HEADER}\r\n".encode())
         if close:
             head.append(b"Connection: close\r\n")
-        elif m.version == (1, 0):
+        elif version == (1, 0):
             head.append(b"Connection: keep-alive\r\n")
         head.append(b"\r\n")
         head.append(body)
@@ -363,15 +369,9 @@ class H1Protocol(asyncio.Protocol):
         else:
             self._refusal = (status, reason)
 
-    def _send_refusal(self, status: int, reason: str, extra: bytes = b"") -> None:
+    def _send_refusal(self, status: int, reason: str) -> None:
         """One estkit line for the peer and one access-log line; never the parser's words."""
-        if self.transport is None:
-            return
-        body = (reason + "\n").encode()
-        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
-                             b"Server: %s\r\nConnection: close\r\n\r\n%s"
-                             % (status, HttpResponse(status).reason.encode(), CT_TEXT.encode(), len(body),
-                                http_date().encode(), SERVER_HEADER.encode(), body))
+        self._write(text_response(status, reason), close=True)
         refusal_log("%s - - - %d %.1fms", self._peer, status, (time.perf_counter() - self._started) * 1000)
         self._close()
 

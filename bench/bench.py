@@ -239,11 +239,7 @@ def _run_estkit(a: argparse.Namespace, result: dict[str, Any], modes: list[str],
             d = dirs[rows] = fixture.make_dir(work / f"{key}-{rows}", key, workers=a.workers)
             if not a.no_ceiling and key not in result["micro"]:
                 result["micro"][key] = ceiling.crypto_micro(d, csrs)
-                m = result["micro"][key]
-                token = f"  token alone {m['token_sign_per_s']:8.0f} signatures/s" if "token_sign_per_s" in m else ""
-                print(f"  micro     {key:8s} CSR verify {m['csr_verify_per_s']:8.0f}/s  cert sign "
-                      f"{m['cert_sign_per_s']:8.0f}/s  CA's own {m['ca_enroll_ms']:.2f} ms/enrollment  (one core){token}",
-                      flush=True)
+                print(ceiling.describe_micro(key, result["micro"][key]), flush=True)
             if not ceiling_done:  # the TLS key is P-256 whatever the CA key: one s_server ceiling per run
                 _ceiling(a, result, d / "tls/server.pem", d / "tls/server.key", csrs, "tls-p256")
                 ceiling_done = True

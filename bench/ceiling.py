@@ -100,6 +100,13 @@ def crypto_micro(ca_dir: Path, csr_file: Path, seconds: float = 1.0) -> dict[str
     return out
 
 
+def describe_micro(key: str, m: dict[str, float]) -> str:
+    """The line bench.py prints for ``crypto_micro``'s figures."""
+    token = f"  token alone {m['token_sign_per_s']:8.0f} signatures/s" if "token_sign_per_s" in m else ""
+    return (f"  micro     {key:8s} CSR verify {m['csr_verify_per_s']:8.0f}/s  cert sign {m['cert_sign_per_s']:8.0f}/s  "
+            f"CA's own {m['ca_enroll_ms']:.2f} ms/enrollment  (one core){token}")
+
+
 def ca_enroll_ms(ca_dir: Path, csrs: list[bytes], seconds: float = 1.0) -> float:
     """The CA's own cost of one enrollment, one thread, CPU ms (issue 17's
     yardstick for kept-alive enrollments): what an ``estkit serve`` worker does

@@ -22,10 +22,10 @@ from estkit.server.ports import EstAuthority
 from estkit.ca.identity import ANONYMOUS, Identity, RequestContext
 from estkit.errors import BadRequest, EstError, ServiceUnavailable, Unauthorized
 from estkit.server.authaudit import AuthFailureLog
-from estkit.server.http import HttpRequest, TlsFacts
+from estkit.server.http import HttpRequest
 from estkit.server.throttle import FailureThrottle, Rule, address_of
 
-__all__ = ["CLIENT_PEER", "FORWARDED_TLS", "ForwardedTls", "basic_credentials", "Authenticator", "Presented",
+__all__ = ["CLIENT_PEER", "FORWARDED_TLS", "basic_credentials", "Authenticator", "Presented",
            "ExtraAuth", "ChallengeHook"]
 
 # A hook that can authenticate a request by other means (HTTP Digest), given the
@@ -42,10 +42,6 @@ ChallengeHook = Callable[[str | None], list[str]]
 # and the client's TLS facts as the TLS-terminating proxy forwarded them.
 CLIENT_PEER = "estkit.client_peer"
 FORWARDED_TLS = "estkit.forwarded_tls"
-
-
-# A client's TLS connection as a trusted TLS-terminating proxy saw it (server/proxied.py).
-ForwardedTls = TlsFacts
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:

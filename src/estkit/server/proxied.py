@@ -37,7 +37,8 @@ from aiohttp import web
 from cryptography import x509
 
 from estkit.server.app import EstServer
-from estkit.server.auth import CLIENT_PEER, FORWARDED_TLS, ForwardedTls
+from estkit.server.auth import CLIENT_PEER, FORWARDED_TLS
+from estkit.server.http import TlsFacts
 from estkit.server.connections import refusal_log
 from estkit.server.proxyproto import TrustedProxies
 from estkit.protocol.constants import CT_TEXT
@@ -101,7 +102,7 @@ class _Guard:
         if version is None:
             # Not a client's request relayed over TLS: a health check, or a proxy
             # that does not terminate TLS.  No credentials are accepted then.
-            fwd = ForwardedTls(version=None, unique=None, cert_der=None)
+            fwd = TlsFacts(version=None, unique=None, cert_der=None)
         else:
             try:
                 unique = _b64(h[HEADER_TLS_UNIQUE]) if h.get(HEADER_TLS_UNIQUE) else None
@@ -118,7 +119,7 @@ class _Guard:
                 if not self._directly_issued(cert):
                     return _refuse(request, 403, "forwarded client certificate is not issued by a CA this "
                                                  "server trusts")
-            fwd = ForwardedTls(version=version, unique=unique, cert_der=cert_der)
+            fwd = TlsFacts(version=version, unique=unique, cert_der=cert_der)
         request[FORWARDED_TLS] = fwd
         client = h.get(HEADER_CLIENT)
         if client and len(client) <= 64 and client.isprintable():
